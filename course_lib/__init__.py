@@ -1,0 +1,3 @@
+"""Attention, from the bottleneck to FlashAttention: the course package."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,398 @@
+"""Checks for lesson 05: ``softmax``, ``attention_weights``, ``scaled_dot_product_attention``.
+
+Each known mistake is the reference computation with one knob turned the wrong way
+(``_softmax_variant``, ``_weights_variant``): one implementation, many mistakes, no copies.
+The order of a mistake list matters: the first mistake whose output matches the student's names
+it, so a mistake that only differs on rare inputs is listed before the broader ones.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import attention, runtime
+from course_lib.grading.framework import Behaviour, Case, Exercise, Mistake, run_check
+
+# --- softmax ----------------------------------------------------------------------------------
+
+
+def _softmax_variant(
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    over: str = "dim",  # "dim" | "last" (ignores dim) | "all" (the whole tensor)
+    shift: str = "dim",  # "dim" | "none" (no max subtraction) | "all" (max of the whole tensor)
+    keepdim: bool = True,
+    empty_rows: str = "zero",  # "zero" | "nan" (0/0 for an all -inf row)
+) -> torch.Tensor:
+    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    axis = -1 if over == "last" else dim
+    dims = tuple(range(x.dim())) if over == "all" else (axis,)
+    if shift == "dim":
+        top = work.amax(dim=dims, keepdim=True)
+    elif shift == "all":
+        top = work.amax().reshape([1] * x.dim())
+    else:
+        top = torch.zeros_like(work)
+    if empty_rows == "zero":
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    exps = torch.exp(work - top)
+    if keepdim:
+        total = exps.sum(dim=dims, keepdim=True)
+    else:
+        total = exps.sum(dim=dims)  # broadcasts against the wrong axis
+    if empty_rows == "zero":
+        total = torch.where(total > 0, total, torch.ones_like(total))
+    return (exps / total).to(x.dtype)
+
+
+SOFTMAX_MISTAKES = (
+    Mistake(
+        "a fully masked row (all -inf) gives NaN instead of zeros",
+        "when every entry of a row is -inf, its max is -inf and exp(x - max) is 0/0; a query that "
+        "may attend to nothing must give zeros, as PyTorch's SDPA does — guard the max and the sum",
+        partial(_softmax_variant, empty_rows="nan"),
+    ),
+    Mistake(
+        "sums reduced without keepdim=True, so they broadcast along the wrong axis",
+        "use x.sum(dim=dim, keepdim=True) (and the same for the max) so each row is divided by "
+        "its own sum",
+        partial(_softmax_variant, keepdim=False, shift="none"),
+    ),
+    Mistake(
+        "normalised over the whole tensor, not along `dim` (the article's first softmax)",
+        "np.sum(exp) without an axis adds up every entry; each row (each query) needs its own "
+        "distribution: sum along `dim` only",
+        partial(_softmax_variant, over="all"),
+    ),
+    Mistake(
+        "ignores `dim` and always normalises along the last axis",
+        "use the `dim` argument in both the max and the sum",
+        partial(_softmax_variant, over="last"),
+    ),
+    Mistake(
+        "the max is taken over the whole tensor, not along `dim`",
+        "a row far below the overall maximum underflows to exp(...) = 0 and gives 0/0; subtract "
+        "each row's own max: x.amax(dim=dim, keepdim=True)",
+        partial(_softmax_variant, shift="all", empty_rows="nan"),
+    ),
+    Mistake(
+        "no max subtraction, so exp overflows",
+        "exp(1000) is inf and inf/inf is NaN; subtract the max along `dim` first — it cancels in "
+        "the ratio, so the result is exactly the same",
+        partial(_softmax_variant, shift="none"),
+    ),
+)
+
+
+def _softmax_cases(gen: torch.Generator) -> list[Case]:
+    def rand(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return runtime.randn(*shape, gen=gen, dtype=dtype)
+
+    def size(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+    n, rows, cols = size(4, 7), size(3, 5), size(6, 9)
+    offsets = 1000.0 * torch.arange(rows, dtype=torch.float64).unsqueeze(-1)  # (rows, 1)
+    masked = rand(rows, cols)
+    masked[0, : cols // 2] = float("-inf")
+    masked[-1, :] = float("-inf")
+    return [
+        Case("the article's example", (torch.tensor([2.0, 1.0, 0.1], dtype=torch.float64),)),
+        Case(f"square scores ({n}, {n})", (rand(n, n),)),
+        Case("batch of scores, last axis", (rand(2, 3, rows, cols),)),
+        Case("dim=0", (rand(cols, rows),), {"dim": 0}),
+        Case("dim=1 of a 3-D tensor", (rand(2, cols, rows, dtype=torch.float64),), {"dim": 1}),
+        Case("large scores (about 1000)", (1000.0 + 5.0 * rand(rows, cols),)),
+        Case("rows at very different levels", ((offsets + rand(rows, cols, dtype=torch.float64)).float(),)),
+        Case("masked entries and a fully masked row", (masked,)),
+        Case("bfloat16", (rand(rows, cols, dtype=torch.bfloat16),)),
+    ]
+
+
+SOFTMAX = Exercise(
+    name="softmax",
+    reference=attention.softmax,
+    make_cases=_softmax_cases,
+    mistakes=SOFTMAX_MISTAKES,
+    forbidden={
+        torch.softmax: "it is softmax",
+        F.softmax: "it is softmax",
+        torch.Tensor.softmax: "it is softmax",
+        torch.special.softmax: "it is softmax",
+        torch.log_softmax: "exp(log_softmax) is softmax",
+        F.log_softmax: "exp(log_softmax) is softmax",
+        torch.Tensor.log_softmax: "exp(log_softmax) is softmax",
+        torch.special.log_softmax: "exp(log_softmax) is softmax",
+        torch._softmax: "it is softmax",
+        F.scaled_dot_product_attention: "attention contains a softmax",
+        F.gumbel_softmax: "it is a softmax",
+    },
+    forbidden_references=(attention.softmax, attention.attention_weights,
+                          attention.scaled_dot_product_attention),
+)
+
+
+def check_softmax(fn, *, hidden: bool = False, seed: int | None = None) -> None:
+    """Check a student's ``softmax(x, dim=-1)`` against the reference; None if it passes."""
+    __tracebackhide__ = True
+    run_check(SOFTMAX, fn, hidden=hidden, seed=seed)
+
+
+# --- attention weights ------------------------------------------------------------------------
+
+
+def _weights_variant(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    scaling: str = "sqrt",  # "sqrt" | "none" | "linear" (divides by d_k) | "ignore_argument"
+    normalise: str = "keys",  # "keys" (dim=-1) | "queries" (dim=-2) | "matrix" (last two dims)
+    scores: str = "qk",  # "qk" | "kq" (K Qᵀ)
+    bool_mask: str = "allow",  # "allow" | "block" (True = blocked) | "after_softmax"
+    float_mask: str = "add",  # "add" | "ignore" | "multiply"
+    causal: str = "top_left",  # "top_left" | "future" (triu) | "no_diagonal" | "bottom_right"
+    empty_rows: str = "zero",  # "zero" | "nan"
+) -> torch.Tensor:
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    if scaling == "ignore_argument" or scale is None:
+        scale = 1.0 / math.sqrt(E)
+    if scaling == "none":
+        scale = 1.0
+    elif scaling == "linear":
+        scale = 1.0 / E
+    if scores == "kq":
+        logits = torch.matmul(k, q.transpose(-2, -1)) * scale  # (..., S, L)
+    else:
+        logits = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., L, S)
+    if is_causal:
+        ones = torch.ones(L, S, dtype=torch.bool, device=q.device)
+        attn_mask = {
+            "top_left": ones.tril(),
+            "future": ones.triu(),
+            "no_diagonal": ones.tril(-1),
+            "bottom_right": ones.tril(S - L),
+        }[causal]
+    zero_after = None
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        if bool_mask == "after_softmax":
+            zero_after = ~attn_mask
+        else:
+            blocked = attn_mask if bool_mask == "block" else ~attn_mask
+            logits = logits.masked_fill(blocked, float("-inf"))
+    elif attn_mask is not None and float_mask == "add":
+        logits = logits + attn_mask
+    elif attn_mask is not None and float_mask == "multiply":
+        logits = logits * attn_mask
+    if normalise == "matrix":
+        flat = _softmax_variant(logits.flatten(-2), empty_rows=empty_rows)  # (..., L*S)
+        weights = flat.reshape(logits.shape)  # (..., L, S)
+    else:
+        dim = -2 if normalise == "queries" else -1
+        weights = _softmax_variant(logits, dim=dim, empty_rows=empty_rows)
+    if zero_after is not None:
+        weights = weights.masked_fill(zero_after, 0.0)
+    return weights
+
+
+_WEIGHT_MISTAKES = (
+    Mistake(
+        "the causal mask hides the diagonal (a token cannot see itself)",
+        "query i may attend keys 0..i inclusive: torch.ones(L, S, dtype=torch.bool).tril()",
+        partial(_weights_variant, causal="no_diagonal"),
+    ),
+    Mistake(
+        "the causal mask is aligned bottom-right",
+        "PyTorch's is_causal is top-left aligned: query i sees keys j <= i, also when L != S — "
+        "use tril() with no offset",
+        partial(_weights_variant, causal="bottom_right"),
+    ),
+    Mistake(
+        "the causal mask leaks the future (query i sees keys j > i)",
+        "keep the lower triangle, tril(), not the upper one, triu()",
+        partial(_weights_variant, causal="future"),
+    ),
+    Mistake(
+        "a query whose keys are all masked gives NaN instead of zeros",
+        "a row of scores that is all -inf must give weights of 0 (as PyTorch's SDPA does); your "
+        "softmax from exercise 1 handles this if you use it",
+        partial(_weights_variant, empty_rows="nan"),
+    ),
+    Mistake(
+        "the boolean mask is inverted (True treated as blocked)",
+        "in PyTorch's SDPA convention True means 'may attend': fill -inf where the mask is False "
+        "(scores.masked_fill(~attn_mask, float('-inf')))",
+        partial(_weights_variant, bool_mask="block"),
+    ),
+    Mistake(
+        "the boolean mask is applied after the softmax (zeroed but not renormalised)",
+        "set masked scores to -inf *before* the softmax, so the allowed weights still sum to 1",
+        partial(_weights_variant, bool_mask="after_softmax"),
+    ),
+    Mistake(
+        "the float mask is ignored",
+        "a floating-point attn_mask is added to the scores before the softmax",
+        partial(_weights_variant, float_mask="ignore"),
+    ),
+    Mistake(
+        "the float mask is multiplied instead of added",
+        "a floating-point attn_mask is *added* to the scores (0 keeps a score, -inf removes it)",
+        partial(_weights_variant, float_mask="multiply"),
+    ),
+    Mistake(
+        "the `scale` argument is ignored",
+        "use `scale` when it is given, and 1/sqrt(E) only when it is None",
+        partial(_weights_variant, scaling="ignore_argument"),
+    ),
+    Mistake(
+        "missing scale (no division by sqrt(d_k))",
+        "multiply the scores by scale = 1/sqrt(E), where E = q.shape[-1]",
+        partial(_weights_variant, scaling="none"),
+    ),
+    Mistake(
+        "divided by d_k instead of sqrt(d_k)",
+        "the default scale is 1/sqrt(E), not 1/E (Vaswani et al. 2017, Eq. 1)",
+        partial(_weights_variant, scaling="linear"),
+    ),
+    Mistake(
+        "softmax over the query axis (dim=-2) instead of the key axis",
+        "each query's weights over the keys must sum to 1: softmax along the last axis",
+        partial(_weights_variant, normalise="queries"),
+    ),
+    Mistake(
+        "softmax over the whole matrix, not each row",
+        "every query (row) needs its own distribution over the keys: normalise along dim=-1 only",
+        partial(_weights_variant, normalise="matrix"),
+    ),
+    Mistake(
+        "the scores are transposed (K Qᵀ instead of Q Kᵀ)",
+        "scores = q @ k.transpose(-2, -1): rows are queries (L), columns keys (S)",
+        partial(_weights_variant, scores="kq"),
+    ),
+)
+
+
+def _attention_cases(gen: torch.Generator, with_values: bool) -> list[Case]:
+    """Cases for attention_weights (q, k) and, ``with_values``, for SDPA (q, k, v)."""
+
+    def size(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+    def qkv(batch: tuple[int, ...], L: int, S: int, E: int, dtype=torch.float32) -> tuple:
+        q = runtime.randn(*batch, L, E, gen=gen, dtype=dtype)
+        k = runtime.randn(*batch, S, E, gen=gen, dtype=dtype)
+        v = runtime.randn(*batch, S, size(3, 6), gen=gen, dtype=dtype)
+        return (q, k, v) if with_values else (q, k)
+
+    n, L, S, E = size(5, 7), size(3, 5), size(6, 9), 4 * size(3, 8)
+    B, H = 2, size(2, 3)
+    padding = torch.ones(B, 1, 1, S, dtype=torch.bool)  # (B, 1, 1, S): broadcast over heads, queries
+    padding[1, ..., S - 2:] = False
+    additive = torch.zeros(B, 1, L, S)
+    additive[0, 0, :, 0] = float("-inf")
+    additive[1] = runtime.randn(L, S, gen=gen)
+    empty_row = torch.rand(L, S, generator=gen) > 0.4
+    empty_row[:, 0] = True
+    empty_row[L // 2] = False
+    return [
+        Case(f"square, no mask (L = S = {n})", qkv((), n, n, E)),
+        Case("batched heads, L != S", qkv((B, H), L, S, E)),
+        Case("scale=0.3", qkv((B,), L, S, E), {"scale": 0.3}),
+        Case("boolean padding mask", qkv((B, H), L, S, E), {"attn_mask": padding}),
+        Case("float (additive) mask", qkv((B, H), L, S, E), {"attn_mask": additive}),
+        Case("is_causal, L = S", qkv((B,), n, n, E), {"is_causal": True}),
+        Case("is_causal, L < S", qkv((B,), L, S, E), {"is_causal": True}),
+        Case("a query with every key masked", qkv((), L, S, E), {"attn_mask": empty_row}),
+        Case("float64, no batch", qkv((), L, S, E, torch.float64), check_gradients=with_values),
+        Case("bfloat16", qkv((B,), L, S, E, torch.bfloat16)),
+    ]
+
+
+_NOT_THE_ANSWER_HERE = {
+    F.scaled_dot_product_attention: "it is the whole of scaled dot-product attention",
+}
+
+ATTENTION_WEIGHTS = Exercise(
+    name="attention_weights",
+    reference=attention.attention_weights,
+    make_cases=partial(_attention_cases, with_values=False),
+    mistakes=_WEIGHT_MISTAKES,
+    forbidden=_NOT_THE_ANSWER_HERE,
+    forbidden_references=(attention.attention_weights, attention.scaled_dot_product_attention),
+)
+
+
+def check_attention_weights(fn, *, hidden: bool = False, seed: int | None = None) -> None:
+    """Check ``attention_weights(q, k, attn_mask=None, is_causal=False, scale=None)``."""
+    __tracebackhide__ = True
+    run_check(ATTENTION_WEIGHTS, fn, hidden=hidden, seed=seed)
+
+
+# --- scaled dot-product attention -------------------------------------------------------------
+
+
+def _output_of(weights_mistake: Mistake) -> Mistake:
+    """The same mistake, carried through to the output: weights @ v."""
+
+    def output(q, k, v, attn_mask=None, is_causal=False, scale=None):  # noqa: ANN001
+        weights = weights_mistake.function(q, k, attn_mask, is_causal, scale)
+        return torch.matmul(weights, v)  # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
+
+    return Mistake(weights_mistake.name, weights_mistake.hint, output)
+
+
+def _returns_weights(q, k, v, attn_mask=None, is_causal=False, scale=None):  # noqa: ANN001
+    return _weights_variant(q, k, attn_mask, is_causal, scale)
+
+
+def _future_must_not_matter(call, device: torch.device, gen: torch.Generator) -> str | None:
+    """With is_causal, changing keys and values after position t leaves outputs 0..t unchanged."""
+    L, E = 8, 16
+    q, k, v = (runtime.randn(1, L, E, gen=gen, device=device) for _ in range(3))
+    t = L // 2
+    k2, v2 = k.clone(), v.clone()
+    k2[:, t + 1:] = runtime.randn(1, L - t - 1, E, gen=gen, device=device)
+    v2[:, t + 1:] = 10.0 * runtime.randn(1, L - t - 1, E, gen=gen, device=device)
+    before = call(q, k, v, is_causal=True)
+    after = call(q, k2, v2, is_causal=True)
+    if before.shape != (1, L, E) or after.shape != (1, L, E):
+        return f"expected outputs of shape {(1, L, E)}, got {tuple(before.shape)}"
+    moved = (before[:, : t + 1] - after[:, : t + 1]).abs().max().item()
+    if moved > 1e-5:
+        return (
+            f"changing only the keys and values after position {t} changed the outputs at "
+            f"positions 0..{t} by up to {moved:.3g} — with is_causal=True a query must not see "
+            "the future"
+        )
+    return None
+
+
+SCALED_DOT_PRODUCT_ATTENTION = Exercise(
+    name="scaled_dot_product_attention",
+    reference=attention.scaled_dot_product_attention,
+    make_cases=partial(_attention_cases, with_values=True),
+    mistakes=(
+        Mistake(
+            "returns the attention weights instead of weights @ v",
+            "the output is the weighted sum of the values: weights @ v, shape (..., L, Ev)",
+            _returns_weights,
+        ),
+        *(_output_of(m) for m in _WEIGHT_MISTAKES),
+    ),
+    forbidden=_NOT_THE_ANSWER_HERE,
+    forbidden_references=(attention.attention_weights, attention.scaled_dot_product_attention),
+    behaviours=(Behaviour("the future does not matter with is_causal=True", _future_must_not_matter),),
+)
+
+
+def check_scaled_dot_product_attention(fn, *, hidden: bool = False, seed: int | None = None) -> None:
+    """Check ``scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None)``."""
+    __tracebackhide__ = True
+    run_check(SCALED_DOT_PRODUCT_ATTENTION, fn, hidden=hidden, seed=seed)

@@ -1,0 +1,91 @@
+"""Refusing shortcuts: while a student's function runs under a check, the callables that *are* the
+answer (PyTorch's SDPA, ``torch.softmax`` in the softmax exercise, course_lib's own references)
+raise ``ShortcutUsed`` instead of answering.
+
+Two hooks, one rule:
+
+* PyTorch functions are caught with a ``TorchFunctionMode``: it sees the Python-level call
+  (``F.scaled_dot_product_attention``, ``Tensor.softmax``, ...), which a ``TorchDispatchMode`` would
+  not (it only sees the ``bmm``/``_safe_softmax`` the call turns into).
+* course_lib's references are plain Python, so each is decorated with ``@reference``; the decorator
+  consults a context variable that ``forbid`` sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from torch.overrides import TorchFunctionMode, resolve_name
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ShortcutUsed(AssertionError):
+    """Raised when a graded function calls something that is itself the answer."""
+
+
+_forbidden_references: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "course_lib_forbidden_references", default=frozenset()
+)
+# References that are running right now: a reference calling another reference is never refused.
+_inside_reference: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "course_lib_inside_reference", default=False
+)
+
+
+def reference(function: F) -> F:
+    """Mark a course_lib function as a reference answer, refused while a check forbids it."""
+    name = f"course_lib.{function.__module__.split('.')[-1]}.{function.__qualname__}"
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if not _inside_reference.get() and name in _forbidden_references.get():
+            raise ShortcutUsed(
+                f"your function called {name}, the course's own reference answer — "
+                "write the computation yourself"
+            )
+        token = _inside_reference.set(True)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _inside_reference.reset(token)
+
+    guarded.reference_name = name  # type: ignore[attr-defined]
+    return guarded  # type: ignore[return-value]
+
+
+class _RefuseTorchFunctions(TorchFunctionMode):
+    def __init__(self, forbidden: dict[Callable[..., Any], str]):
+        super().__init__()
+        self.forbidden = forbidden
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in self.forbidden:
+            raise ShortcutUsed(
+                f"your function called {resolve_name(func) or self.forbidden[func]}, "
+                f"which computes the answer for you ({self.forbidden[func]}) — "
+                "write the computation yourself"
+            )
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def forbid(
+    torch_functions: dict[Callable[..., Any], str], references: tuple[Callable[..., Any], ...] = ()
+) -> Iterator[None]:
+    """Within the block, calling any of ``torch_functions`` or ``references`` raises ``ShortcutUsed``.
+
+    ``torch_functions`` maps each refused PyTorch callable to a few words on why it is refused.
+    """
+    names = frozenset(getattr(ref, "reference_name") for ref in references)
+    token = _forbidden_references.set(_forbidden_references.get() | names)
+    try:
+        with _RefuseTorchFunctions(torch_functions):
+            yield
+    finally:
+        _forbidden_references.reset(token)
