@@ -56,6 +56,8 @@ def attention_weights(
     _check_query_key(q, k)
     L, S = q.shape[-2], k.shape[-2]
     _check_mask(attn_mask, is_causal, q, L, S)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"scale must be a number or None, got {type(scale).__name__}")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., L, S)

@@ -159,7 +159,7 @@ def _call_student(exercise: Exercise, fn: Callable[..., Any], args: tuple, kwarg
         raise _StudentFailed(str(error)) from None
     except _Timeout:
         raise _StudentFailed(
-            f"your function did not return within {CALL_TIMEOUT_SECONDS:.0f} s — is there a loop "
+            f"your function did not return within {CALL_TIMEOUT_SECONDS:g} s — is there a loop "
             "that never ends?"
         ) from None
     except NotImplementedError:
@@ -240,7 +240,7 @@ def _compare_gradients(
         with _time_limit():
             student_grads = torch.autograd.grad((actual * weights).sum(), inputs, allow_unused=True)
     except _Timeout:
-        return f"the backward pass did not finish within {CALL_TIMEOUT_SECONDS:.0f} s"
+        return f"the backward pass did not finish within {CALL_TIMEOUT_SECONDS:g} s"
     except Exception as error:  # noqa: BLE001
         return f"the backward pass through your function raised {type(error).__name__}: {error}"
     ref_inputs = [a for a in ref_args if isinstance(a, torch.Tensor) and a.requires_grad]
@@ -297,8 +297,9 @@ class _Timeout(BaseException):
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float = CALL_TIMEOUT_SECONDS) -> Iterator[None]:
-    """Interrupt the block after ``seconds`` (SIGALRM; only in the main thread, on Unix)."""
+def _time_limit() -> Iterator[None]:
+    """Interrupt the block after CALL_TIMEOUT_SECONDS (SIGALRM; only in the main thread, on Unix)."""
+    seconds = CALL_TIMEOUT_SECONDS
     usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if not usable:
         yield

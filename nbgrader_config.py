@@ -1,0 +1,22 @@
+"""nbgrader configuration for the course; nbgrader reads it when run from the repository root.
+
+solutions/NN_slug/NN_slug.ipynb is nbgrader's *source*, notebooks/NN_slug/ its *release*.
+"""
+
+import os
+import sys
+
+c = get_config()  # noqa: F821 - provided by traitlets when nbgrader loads this file
+
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.course_id = "attention-course"
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "notebooks"
+
+# Per-cell limit while autograding: a cell past it is interrupted and scores 0; grading goes on.
+c.Execute.timeout = 120
+
+# nbgrader runs its tools (alembic, jupyter) by name: the environment's bin/ must be on PATH.
+_env_bin = os.path.dirname(sys.executable)
+if _env_bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _env_bin + os.pathsep + os.environ.get("PATH", "")
