@@ -32,7 +32,7 @@ _MASK_COLOURS = ListedColormap(["#d9d9d9", "#2b8cbe"])  # masked, may attend
 
 
 def as_matrix(matrix: MatrixLike) -> np.ndarray:
-    """A 2-D float NumPy copy of ``matrix``, whatever it came as (tensor on a GPU, with grad, ...)."""
+    """A 2-D float NumPy copy of ``matrix``, whatever it came as (a tensor on a GPU, with grad...)."""
     if isinstance(matrix, torch.Tensor):
         array = matrix.detach().to("cpu", torch.float64).numpy()
     else:
@@ -184,8 +184,8 @@ def attention_grid(
     ``maps`` is an (N, L, S) tensor or array, or a list of N matrices (they may differ in shape).
     Further keywords go to :func:`attention_heatmap` (``vmin``, ``vmax``, ``annotate``, ...);
     values are not written in the cells unless ``annotate=True``; ``vmin=None``/``vmax=None``
-    take the smallest/largest value over all maps, so the one colour bar holds for every panel. Returns the figure and the
-    (rows, ncols) array of axes; unused panels are hidden.
+    take the smallest/largest value over all maps, so the one colour bar holds for every panel.
+    Returns the figure and the (rows, ncols) array of axes; unused panels are hidden.
     """
     matrices = [as_matrix(single) for single in maps]
     if not matrices:
