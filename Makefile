@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
+# JupyterLab refuses to start as root (containers, some cloud machines) unless told it may.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: lab test release bench clean
 
@@ -23,7 +25,7 @@ lab: $(INSTALLED)
 		name=$$(basename "$$lesson"); \
 		if [ ! -e "work/$$name" ]; then cp -R "$$lesson" "work/$$name"; echo "copied $$name into work/"; fi; \
 	done
-	$(BIN)/jupyter lab work
+	$(BIN)/jupyter lab work $(ROOT_FLAG) $(LAB_ARGS)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

@@ -82,7 +82,7 @@ def forbid(
 
     ``torch_functions`` maps each refused PyTorch callable to a few words on why it is refused.
     """
-    names = frozenset(getattr(ref, "reference_name") for ref in references)
+    names = frozenset(ref.reference_name for ref in references)
     token = _forbidden_references.set(_forbidden_references.get() | names)
     try:
         with _RefuseTorchFunctions(torch_functions):

@@ -24,6 +24,7 @@ RELEASE = REPO / "notebooks"
 COURSE_ID = "attention-course"
 LESSONS = sorted(p.name for p in SOLUTIONS.iterdir() if (p / f"{p.name}.ipynb").is_file())
 NBGRADER = str(Path(sys.executable).with_name("nbgrader"))
+TIMES_FILE = REPO / "build" / "lesson_times.json"  # autograde wall time of each solution
 
 
 def notebook_path(folder: Path, lesson: str) -> Path:
@@ -114,7 +115,7 @@ def answered_like_the_solution(release: nbformat.NotebookNode, lesson: str) -> n
     """The release with every solution cell filled in as in the source: a student who got it right."""
     source = nbformat.read(notebook_path(SOLUTIONS, lesson), as_version=4)
     answers = {
-        nbgrader_meta(c)["grade_id"]: _without_markers(c.source)
+        nbgrader_meta(c)["grade_id"]: without_solution_markers(c.source)
         for c in source.cells
         if nbgrader_meta(c).get("solution")
     }
@@ -125,7 +126,7 @@ def answered_like_the_solution(release: nbformat.NotebookNode, lesson: str) -> n
     return release
 
 
-def _without_markers(source: str) -> str:
+def without_solution_markers(source: str) -> str:
     markers = ("### BEGIN SOLUTION", "### END SOLUTION")
     return "\n".join(line for line in source.splitlines() if line.strip() not in markers)
 

@@ -27,6 +27,7 @@ from nbgrader_course import (
     RELEASE,
     REPO,
     SOLUTIONS,
+    TIMES_FILE,
     Course,
     answered_like_the_solution,
     grade_cells,
@@ -37,7 +38,6 @@ from nbgrader_course import (
 
 pytestmark = pytest.mark.nbgrader
 LESSON_BUDGET_SECONDS = 120
-TIMES_FILE = REPO / "build" / "lesson_times.json"
 
 
 def _points(nb) -> float:

@@ -6,7 +6,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from course_lib.plots import as_matrix, attention_grid, attention_heatmap, mask_heatmap  # noqa: E402
+from course_lib.plots import attention_grid, attention_heatmap, mask_heatmap  # noqa: E402
 from course_lib.widgets import power_of_two_slider  # noqa: E402
 
 
