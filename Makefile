@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # JupyterLab refuses to start as root (containers, some cloud machines) unless told it may.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test release bench clean
+.PHONY: lab test release clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -61,7 +61,10 @@ class Course:
 
     def nbgrader(self, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``nbgrader ARGS`` in ``cwd`` (the course root by default)."""
-        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+        # Without the environment's bin/ on PATH, as from a plain shell: nbgrader_config.py must add it.
+        env_bin = os.path.dirname(sys.executable)
+        path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.abspath(p) != env_bin]
+        env = dict(os.environ, PATH=os.pathsep.join(path))
         env.pop("COURSE_DEVICE", None)
         start = time.perf_counter()
         result = subprocess.run(
