@@ -321,3 +321,9 @@ def test_same_grade_whatever_the_device_variable_says(monkeypatch):
     monkeypatch.setenv("COURSE_DEVICE", "cuda" if not torch.cuda.is_available() else "nonsense")
     with pytest.raises(ValueError, match="COURSE_DEVICE"):
         check_softmax(softmax_torch_where)
+
+
+def test_mistake_variants_with_no_knob_turned_are_the_reference():
+    # Each known mistake is the reference computation with one knob turned; untouched, it is right.
+    check_softmax(attention_checks._softmax_variant)
+    check_attention_weights(attention_checks._weights_variant)
