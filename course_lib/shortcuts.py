@@ -2,11 +2,14 @@
 answer (PyTorch's SDPA, ``torch.softmax`` in the softmax exercise, course_lib's own references)
 raise ``ShortcutUsed`` instead of answering.
 
-Two hooks, one rule:
+Three hooks, one rule:
 
 * PyTorch functions are caught with a ``TorchFunctionMode``: it sees the Python-level call
   (``F.scaled_dot_product_attention``, ``Tensor.softmax``, ...), which a ``TorchDispatchMode`` would
   not (it only sees the ``bmm``/``_safe_softmax`` the call turns into).
+* ``torch.ops.aten.*`` called directly skips the function mode, so the ATen operators behind the
+  answer (``aten._softmax``, the ``_scaled_dot_product_*`` kernels) are caught one level down, by a
+  ``TorchDispatchMode``.
 * course_lib's references are plain Python, so each is decorated with ``@reference``; the decorator
   consults a context variable that ``forbid`` sets.
 """
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from torch.overrides import TorchFunctionMode, resolve_name
+from torch.utils._python_dispatch import TorchDispatchMode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,18 +78,36 @@ class _RefuseTorchFunctions(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _RefuseAtenOperators(TorchDispatchMode):
+    def __init__(self, forbidden: dict[str, str]):
+        super().__init__()
+        self.forbidden = forbidden
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        name = func.overloadpacket.__name__
+        if name in self.forbidden:
+            raise ShortcutUsed(
+                f"your function called PyTorch's operator aten.{name}, which computes the answer "
+                f"for you ({self.forbidden[name]}) — write the computation yourself"
+            )
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
 def forbid(
-    torch_functions: dict[Callable[..., Any], str], references: tuple[Callable[..., Any], ...] = ()
+    torch_functions: dict[Callable[..., Any], str],
+    references: tuple[Callable[..., Any], ...] = (),
+    aten_operators: dict[str, str] | None = None,
 ) -> Iterator[None]:
-    """Within the block, calling any of ``torch_functions`` or ``references`` raises ``ShortcutUsed``.
+    """Within the block, calling any of ``torch_functions``, ``references`` or ``aten_operators``
+    (ATen operator names, e.g. ``"_softmax"``) raises ``ShortcutUsed``.
 
-    ``torch_functions`` maps each refused PyTorch callable to a few words on why it is refused.
+    The dictionaries map each refused callable or operator to a few words on why it is refused.
     """
     names = frozenset(ref.reference_name for ref in references)
     token = _forbidden_references.set(_forbidden_references.get() | names)
     try:
-        with _RefuseTorchFunctions(torch_functions):
+        with _RefuseTorchFunctions(torch_functions), _RefuseAtenOperators(aten_operators or {}):
             yield
     finally:
         _forbidden_references.reset(token)

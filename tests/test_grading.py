@@ -259,6 +259,10 @@ def test_causal_leak_is_caught_by_the_behaviour_test_alone():
 # --- shortcuts are refused ------------------------------------------------------------------
 
 
+def _aten_sdpa(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return torch.ops.aten.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale=scale)
+
+
 @pytest.mark.parametrize(
     "check,fn,word",
     [
@@ -268,10 +272,15 @@ def test_causal_leak_is_caught_by_the_behaviour_test_alone():
         (check_softmax, lambda x, dim=-1: torch.nn.Softmax(dim)(x), "softmax"),
         (check_softmax, lambda x, dim=-1: F.log_softmax(x, dim).exp(), "log_softmax"),
         (check_softmax, lambda x, dim=-1: attention.softmax(x, dim), "course_lib.attention.softmax"),
+        (check_softmax, lambda x, dim=-1: F.softmin(-x, dim), "softmin"),
+        (check_softmax, lambda x, dim=-1: torch.ops.aten._softmax(x, dim, False), "aten._softmax"),
+        (check_softmax, lambda x, dim=-1: torch.ops.aten.softmax(x, dim), "aten._softmax"),
+        (check_softmax, lambda x, dim=-1: torch.ops.aten._safe_softmax(x, dim), "aten._safe_softmax"),
         (check_attention_weights, lambda q, k, attn_mask=None, is_causal=False, scale=None: attention.attention_weights(q, k, attn_mask, is_causal, scale), "course_lib.attention.attention_weights"),
         (check_attention_weights, lambda q, k, attn_mask=None, is_causal=False, scale=None: F.scaled_dot_product_attention(q, k, torch.eye(k.shape[-2], dtype=q.dtype), attn_mask, is_causal=is_causal, scale=scale), "scaled_dot_product_attention"),
         (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal, scale=scale), "scaled_dot_product_attention"),
         (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: attention.scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale), "course_lib.attention.scaled_dot_product_attention"),
+        (check_scaled_dot_product_attention, _aten_sdpa, "aten."),
         (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: attention.attention_weights(q, k, attn_mask, is_causal, scale) @ v, "course_lib.attention.attention_weights"),
     ],
 )

@@ -17,6 +17,22 @@ import torch.nn.functional as F
 from course_lib import attention, runtime
 from course_lib.grading.framework import Behaviour, Case, Exercise, Mistake, run_check
 
+# The ATen operators behind PyTorch's SDPA, refused when called directly through torch.ops.aten.
+# _safe_softmax is private to SDPA's math path (a student's own softmax never reaches it).
+_SDPA_OPERATORS = {
+    name: "it is PyTorch's scaled dot-product attention"
+    for name in (
+        "scaled_dot_product_attention",
+        "_scaled_dot_product_attention_math",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_fused_attention_overrideable",
+        "_safe_softmax",
+    )
+}
+
 # --- softmax ----------------------------------------------------------------------------------
 
 
@@ -131,6 +147,12 @@ SOFTMAX = Exercise(
         torch._softmax: "it is softmax",
         F.scaled_dot_product_attention: "attention contains a softmax",
         F.gumbel_softmax: "it is a softmax",
+        F.softmin: "softmin(-x) is softmax",
+    },
+    forbidden_operators={
+        "_softmax": "it is softmax",
+        "_log_softmax": "exp(log_softmax) is softmax",
+        **_SDPA_OPERATORS,
     },
     forbidden_references=(attention.softmax, attention.attention_weights,
                           attention.scaled_dot_product_attention),
@@ -325,6 +347,7 @@ ATTENTION_WEIGHTS = Exercise(
     make_cases=partial(_attention_cases, with_values=False),
     mistakes=_WEIGHT_MISTAKES,
     forbidden=_NOT_THE_ANSWER_HERE,
+    forbidden_operators=_SDPA_OPERATORS,
     forbidden_references=(attention.attention_weights, attention.scaled_dot_product_attention),
 )
 
@@ -387,6 +410,7 @@ SCALED_DOT_PRODUCT_ATTENTION = Exercise(
         *(_output_of(m) for m in _WEIGHT_MISTAKES),
     ),
     forbidden=_NOT_THE_ANSWER_HERE,
+    forbidden_operators=_SDPA_OPERATORS,
     forbidden_references=(attention.attention_weights, attention.scaled_dot_product_attention),
     behaviours=(Behaviour("the future does not matter with is_causal=True", _future_must_not_matter),),
 )

@@ -82,6 +82,7 @@ class Exercise:
     mistakes: tuple[Mistake, ...] = ()
     forbidden: dict[Callable[..., Any], str] = field(default_factory=dict)
     forbidden_references: tuple[Callable[..., Any], ...] = ()
+    forbidden_operators: dict[str, str] = field(default_factory=dict)  # ATen names, e.g. "_softmax"
     behaviours: tuple[Behaviour, ...] = ()
     public_seed: int = 0
 
@@ -153,7 +154,8 @@ def _run_case(exercise: Exercise, fn: Any, case: Case, device: torch.device) -> 
 
 def _call_student(exercise: Exercise, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     try:
-        with forbid(exercise.forbidden, exercise.forbidden_references), _time_limit():
+        forbidden = forbid(exercise.forbidden, exercise.forbidden_references, exercise.forbidden_operators)
+        with forbidden, _time_limit():
             return fn(*args, **kwargs)
     except ShortcutUsed as error:
         raise _StudentFailed(str(error)) from None
