@@ -98,7 +98,7 @@ SOFTMAX_MISTAKES = (
     ),
     Mistake(
         "no max subtraction, so exp overflows",
-        "exp(1000) is inf and inf/inf is NaN; subtract the max along `dim` first — it cancels in "
+        "in float32 exp(x) is inf above x = 88.7, and inf/inf is NaN; subtract the max along `dim` first — it cancels in "
         "the ratio, so the result is exactly the same",
         partial(_softmax_variant, shift="none"),
     ),
@@ -113,7 +113,9 @@ def _softmax_cases(gen: torch.Generator) -> list[Case]:
         return int(torch.randint(low, high + 1, (1,), generator=gen))
 
     n, rows, cols = size(4, 7), size(3, 5), size(6, 9)
-    offsets = 1000.0 * torch.arange(rows, dtype=torch.float64).unsqueeze(-1)  # (rows, 1)
+    # Rows 120 apart: exp(-120) underflows float32 to 0, yet every value stays below 500, where
+    # float32 still resolves 3e-5 (a correct softmax written another way keeps within tolerance).
+    offsets = 120.0 * torch.arange(rows, dtype=torch.float64).unsqueeze(-1)  # (rows, 1)
     masked = rand(rows, cols)
     masked[0, : cols // 2] = float("-inf")
     masked[-1, :] = float("-inf")
@@ -123,7 +125,7 @@ def _softmax_cases(gen: torch.Generator) -> list[Case]:
         Case("batch of scores, last axis", (rand(2, 3, rows, cols),)),
         Case("dim=0", (rand(cols, rows),), {"dim": 0}),
         Case("dim=1 of a 3-D tensor", (rand(2, cols, rows, dtype=torch.float64),), {"dim": 1}),
-        Case("large scores (about 1000)", (1000.0 + 5.0 * rand(rows, cols),)),
+        Case("large scores (about 200)", (200.0 + 5.0 * rand(rows, cols),)),
         Case("rows at very different levels", ((offsets + rand(rows, cols, dtype=torch.float64)).float(),)),
         Case("masked entries and a fully masked row", (masked,)),
         Case("bfloat16", (rand(rows, cols, dtype=torch.bfloat16),)),
