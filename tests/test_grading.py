@@ -176,6 +176,23 @@ def test_a_lookup_table_of_public_answers_fails_the_hidden_cases():
         check_softmax(memorised, hidden=True, seed=1)
 
 
+def test_a_secret_salt_makes_the_hidden_cases_unknowable(monkeypatch):
+    hidden = {}
+    for case in attention_checks.SOFTMAX.make_cases(framework.runtime.generator(1)):
+        hidden[_key(case.args[0])] = attention.softmax(*case.args, **case.kwargs)
+
+    def memorised(x, dim=-1):
+        return hidden.get(_key(x), torch.zeros_like(x))
+
+    monkeypatch.delenv(framework.HIDDEN_SALT_ENV_VAR, raising=False)
+    check_softmax(memorised, hidden=True, seed=1)  # the open course's seed 1 can be tabulated...
+    monkeypatch.setenv(framework.HIDDEN_SALT_ENV_VAR, "instructor's secret")
+    with pytest.raises(AssertionError, match="failed"):
+        check_softmax(memorised, hidden=True, seed=1)  # ...a salted seed 1 cannot
+    check_softmax(softmax_torch_where, hidden=True, seed=1)
+    check_softmax(memorised)  # the public cases are never salted
+
+
 # --- a student's bad function is reported in words -----------------------------------------
 
 

@@ -18,8 +18,10 @@ grade cell with any stderr output zero points.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import io
+import os
 import signal
 import threading
 import traceback
@@ -35,6 +37,10 @@ from course_lib.shortcuts import ShortcutUsed, forbid
 
 # One call of the student's function may take this long before it is stopped.
 CALL_TIMEOUT_SECONDS = 10.0
+# The course is open, so anyone can draw the hidden cases of `hidden=True, seed=N` and tabulate the
+# answers. An instructor who sets this variable while autograding mixes a secret into every hidden
+# seed: the hidden inputs can then not be known in advance.
+HIDDEN_SALT_ENV_VAR = "COURSE_HIDDEN_SALT"
 _MAX_MESSAGE_VALUES = 3
 _TYPE_HINTS = {
     "NoneType": " — did you forget `return`?",
@@ -103,17 +109,18 @@ def run_check(exercise: Exercise, fn: Any, *, hidden: bool = False, seed: int | 
     if hidden and seed is None:
         raise ValueError(f"{label}(..., hidden=True) needs a seed")
     case_seed = exercise.public_seed if seed is None else int(seed)
+    draw_seed = _salted(case_seed) if hidden else case_seed
     device = runtime.device()
     problem = None
     with _quiet():
-        cases = exercise.make_cases(runtime.generator(case_seed))
+        cases = exercise.make_cases(runtime.generator(draw_seed))
         for case in cases:
             problem = _run_case(exercise, fn, case, device)
             if problem:
                 break
         else:
             for behaviour in exercise.behaviours:
-                problem = _run_behaviour(exercise, fn, behaviour, device, case_seed)
+                problem = _run_behaviour(exercise, fn, behaviour, device, draw_seed)
                 if problem:
                     break
     if problem:
@@ -121,6 +128,14 @@ def run_check(exercise: Exercise, fn: Any, *, hidden: bool = False, seed: int | 
     total = len(cases) + len(exercise.behaviours)
     where = f"hidden cases, seed {case_seed}" if hidden else "cases"
     print(f"✓ {label} passed: {total} {where} on {device.type}")
+
+
+def _salted(seed: int) -> int:
+    salt = os.environ.get(HIDDEN_SALT_ENV_VAR, "")
+    if not salt:
+        return seed
+    digest = hashlib.sha256(f"{salt}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")  # a 56-bit seed
 
 
 # --- one case ---------------------------------------------------------------------------------
