@@ -66,6 +66,7 @@ class Course:
         path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.abspath(p) != env_bin]
         env = dict(os.environ, PATH=os.pathsep.join(path))
         env.pop("COURSE_DEVICE", None)
+        env["COURSE_HIDDEN_SALT"] = "the test course's secret"  # as README tells instructors
         start = time.perf_counter()
         result = subprocess.run(
             [NBGRADER, *args], cwd=cwd or self.root, env=env, capture_output=True, text=True, timeout=900
