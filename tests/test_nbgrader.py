@@ -177,9 +177,12 @@ def _cell_diff(expected_path, actual_path) -> str:
     lines = []
     if len(expected.cells) != len(actual.cells):
         lines.append(f"{len(actual.cells)} cells in notebooks/, {len(expected.cells)} generated")
-    for i, (want, have) in enumerate(zip(expected.cells, actual.cells)):
-        a = json.dumps(have, indent=1, sort_keys=True).splitlines()
-        b = json.dumps(want, indent=1, sort_keys=True).splitlines()
+    def as_lines(cell):  # the source line by line, then everything else as JSON
+        rest = {key: value for key, value in cell.items() if key != "source"}
+        return cell.source.splitlines() + json.dumps(rest, indent=1, sort_keys=True).splitlines()
+
+    for i, (want, have) in enumerate(zip(expected.cells, actual.cells, strict=False)):
+        a, b = as_lines(have), as_lines(want)
         if a != b:
             lines.append(f"--- cell {i} ({nbgrader_meta(want).get('grade_id', want.cell_type)})")
             lines += difflib.unified_diff(a, b, "notebooks/ (committed)", "generated", lineterm="", n=1)
