@@ -69,7 +69,7 @@ def weights_float64_torch_softmax(q, k, attn_mask=None, is_causal=False, scale=N
     scores = (q.double() @ k.double().transpose(-1, -2)) * scale  # (..., L, S)
     L, S = scores.shape[-2:]
     if is_causal:
-        scores = scores.masked_fill(torch.ones(L, S, dtype=torch.bool).triu(1), -math.inf)
+        scores = scores.masked_fill(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), -math.inf)
     elif attn_mask is not None and attn_mask.dtype == torch.bool:
         scores = scores.masked_fill(attn_mask.logical_not(), -math.inf)
     elif attn_mask is not None:
