@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import attention
+from course_lib import attention, grading
 from course_lib.grading import (
+    EXERCISES,
     attention_checks,
     check_attention_weights,
     check_scaled_dot_product_attention,
@@ -109,16 +110,19 @@ def test_correct_implementations_pass_public_and_hidden(check, fn, capsys):
     assert out.out.count("passed") == 1 + len(HIDDEN_SEEDS)
 
 
-@pytest.mark.parametrize(
-    "exercise,check",
-    [
-        (attention_checks.SOFTMAX, check_softmax),
-        (attention_checks.ATTENTION_WEIGHTS, check_attention_weights),
-        (attention_checks.SCALED_DOT_PRODUCT_ATTENTION, check_scaled_dot_product_attention),
-    ],
-    ids=["softmax", "attention_weights", "sdpa"],
-)
-def test_reference_passes_its_own_check(exercise, check):
+def _check_for(exercise):
+    return getattr(grading, f"check_{exercise.name}")
+
+
+def test_every_exercise_has_its_check():
+    for name, exercise in EXERCISES.items():
+        assert exercise.name == name and callable(_check_for(exercise))
+        assert exercise.mistakes, f"{name} names no known mistake"
+
+
+@pytest.mark.parametrize("exercise", EXERCISES.values(), ids=list(EXERCISES))
+def test_reference_passes_its_own_check(exercise):
+    check = _check_for(exercise)
     # The reference is refused as a shortcut when called by name; its undecorated body passes.
     body = exercise.reference.__wrapped__
     if exercise is attention_checks.SCALED_DOT_PRODUCT_ATTENTION:
@@ -127,15 +131,7 @@ def test_reference_passes_its_own_check(exercise, check):
     check(body, hidden=True, seed=1)
 
 
-MISTAKES = [
-    (check, mistake)
-    for exercise, check in [
-        (attention_checks.SOFTMAX, check_softmax),
-        (attention_checks.ATTENTION_WEIGHTS, check_attention_weights),
-        (attention_checks.SCALED_DOT_PRODUCT_ATTENTION, check_scaled_dot_product_attention),
-    ]
-    for mistake in exercise.mistakes
-]
+MISTAKES = [(_check_for(exercise), mistake) for exercise in EXERCISES.values() for mistake in exercise.mistakes]
 
 
 @pytest.mark.parametrize("check,mistake", MISTAKES, ids=lambda x: getattr(x, "name", getattr(x, "__name__", "")))
