@@ -2,6 +2,7 @@
 implementations, and fails each known mistake with the mistake's name in the message."""
 
 import math
+import re
 import sys
 import warnings
 
@@ -155,39 +156,46 @@ def test_the_articles_final_softmax_fails_on_a_fully_masked_row():
     assert "ignores `dim`" in str(info.value)
 
 
+def _memorised_softmax(*seeds):
+    """A 'softmax' that only looks its answers up in a table of the cases drawn from `seeds`."""
+    table = {}
+    for seed in seeds:
+        for case in attention_checks.SOFTMAX.make_cases(framework.runtime.generator(seed)):
+            table[_key(case.args[0])] = attention.softmax(*case.args, **case.kwargs)
+
+    def memorised(x, dim=-1):
+        return table.get(_key(x), torch.zeros_like(x))
+
+    return memorised
+
+
 def _key(x):
-    return (x.dtype, x.float().numpy().tobytes())
+    return (x.dtype, x.detach().float().numpy().tobytes())
+
+
+def _failing_case(check, fn, **kwargs):
+    with pytest.raises(AssertionError) as info:
+        check(fn, **kwargs)
+    return str(info.value).split('"')[1]
+
+
+GRADIENT_CASE = "float64, and its gradient"  # a table has no gradient: it fails there, and only there
 
 
 def test_a_lookup_table_of_public_answers_fails_the_hidden_cases():
-    public = {}
-    for case in attention_checks.SOFTMAX.make_cases(framework.runtime.generator(0)):
-        public[_key(case.args[0])] = attention.softmax(*case.args, **case.kwargs)
-
-    def memorised(x, dim=-1):
-        return public.get(_key(x), torch.zeros_like(x))
-
-    check_softmax(memorised)
-    with pytest.raises(AssertionError, match="values differ"):
-        check_softmax(memorised, hidden=True, seed=1)
+    memorised = _memorised_softmax(0)
+    assert _failing_case(check_softmax, memorised) == GRADIENT_CASE
+    assert _failing_case(check_softmax, memorised, hidden=True, seed=1) != GRADIENT_CASE
 
 
 def test_a_secret_salt_makes_the_hidden_cases_unknowable(monkeypatch):
-    hidden = {}  # the answers of the public cases (seed 0) and of the open hidden seed 1
-    for seed in (0, 1):
-        for case in attention_checks.SOFTMAX.make_cases(framework.runtime.generator(seed)):
-            hidden[_key(case.args[0])] = attention.softmax(*case.args, **case.kwargs)
-
-    def memorised(x, dim=-1):
-        return hidden.get(_key(x), torch.zeros_like(x))
-
+    memorised = _memorised_softmax(0, 1)  # the public cases and the open course's hidden seed 1
     monkeypatch.delenv(framework.HIDDEN_SALT_ENV_VAR, raising=False)
-    check_softmax(memorised, hidden=True, seed=1)  # the open course's seed 1 can be tabulated...
+    assert _failing_case(check_softmax, memorised, hidden=True, seed=1) == GRADIENT_CASE
     monkeypatch.setenv(framework.HIDDEN_SALT_ENV_VAR, "instructor's secret")
-    with pytest.raises(AssertionError, match="failed"):
-        check_softmax(memorised, hidden=True, seed=1)  # ...a salted seed 1 cannot
+    assert _failing_case(check_softmax, memorised, hidden=True, seed=1) != GRADIENT_CASE
     check_softmax(softmax_torch_where, hidden=True, seed=1)
-    check_softmax(memorised)  # the public cases are never salted
+    assert _failing_case(check_softmax, memorised) == GRADIENT_CASE  # public cases are never salted
 
 
 # --- a student's bad function is reported in words -----------------------------------------
@@ -350,3 +358,30 @@ def test_mistake_variants_with_no_knob_turned_are_the_reference():
     # Each known mistake is the reference computation with one knob turned; untouched, it is right.
     check_softmax(attention_checks._softmax_variant)
     check_attention_weights(attention_checks._weights_variant)
+
+
+def test_an_unfinished_helper_is_blamed_not_the_function_being_checked():
+    def softmax(x, dim=-1):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+    def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
+        return softmax(q @ k.transpose(-2, -1))
+
+    _fails(check_attention_weights, attention_weights, "calls `softmax`, which still raises NotImplementedError")
+
+
+def test_dot_t_on_batched_tensors_gets_a_hint():
+    def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
+        return torch.softmax(q @ k.T * q.shape[-1] ** -0.5, dim=-1)  # right for 2-D q and k only
+
+    _fails(check_attention_weights, attention_weights, "raised RuntimeError", "`.T` reverses *all* dimensions")
+
+
+def test_float32_arithmetic_on_float64_inputs_gets_a_precision_hint():
+    def softmax(x, dim=-1):
+        return softmax_torch_where(x.float(), dim).to(x.dtype)
+
+    message = _fails(check_softmax, softmax, "is float32 rounding")
+    expected, got = re.search(r"expected ([\d.e-]+), got ([\d.e-]+)", message).groups()
+    assert expected != got  # enough digits to see the difference

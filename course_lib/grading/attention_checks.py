@@ -42,14 +42,14 @@ def _softmax_variant(
     *,
     over: str = "dim",  # "dim" | "last" (ignores dim) | "all" (the whole tensor)
     shift: str = "dim",  # "dim" | "none" (no max subtraction) | "all" (max of the whole tensor)
-    keepdim: bool = True,
+    keepdim: str = "both",  # "both" | "sum" (only the sum lacks it) | "neither"
     empty_rows: str = "zero",  # "zero" | "nan" (0/0 for an all -inf row)
 ) -> torch.Tensor:
     work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     axis = -1 if over == "last" else dim
     dims = tuple(range(x.dim())) if over == "all" else (axis,)
     if shift == "dim":
-        top = work.amax(dim=dims, keepdim=True)
+        top = work.amax(dim=dims, keepdim=keepdim != "neither")  # without keepdim: broadcasts wrong
     elif shift == "all":
         top = work.amax().reshape([1] * x.dim())
     else:
@@ -57,10 +57,7 @@ def _softmax_variant(
     if empty_rows == "zero":
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     exps = torch.exp(work - top)
-    if keepdim:
-        total = exps.sum(dim=dims, keepdim=True)
-    else:
-        total = exps.sum(dim=dims)  # broadcasts against the wrong axis
+    total = exps.sum(dim=dims, keepdim=keepdim == "both")  # without keepdim: broadcasts wrong
     if empty_rows == "zero":
         total = torch.where(total > 0, total, torch.ones_like(total))
     return (exps / total).to(x.dtype)
@@ -73,11 +70,21 @@ SOFTMAX_MISTAKES = (
         "may attend to nothing must give zeros, as PyTorch's SDPA does — guard the max and the sum",
         partial(_softmax_variant, empty_rows="nan"),
     ),
+    *(
+        Mistake(
+            "reduced without keepdim=True, so the max or the sum broadcasts along the wrong axis",
+            "x.amax(dim=dim) and x.sum(dim=dim) drop the dimension they reduce, and the result "
+            "then lines up with the wrong axis of x; keep it with keepdim=True so each row is "
+            "shifted by its own max and divided by its own sum",
+            partial(_softmax_variant, keepdim=keepdim, shift=shift),
+        )
+        for keepdim, shift in (("neither", "dim"), ("sum", "dim"), ("neither", "none"))
+    ),
     Mistake(
-        "sums reduced without keepdim=True, so they broadcast along the wrong axis",
-        "use x.sum(dim=dim, keepdim=True) (and the same for the max) so each row is divided by "
-        "its own sum",
-        partial(_softmax_variant, keepdim=False, shift="none"),
+        "the max is taken over the whole tensor, not along `dim`",
+        "a row far below the overall maximum underflows to exp(...) = 0; subtract each row's own "
+        "max: x.amax(dim=dim, keepdim=True)",
+        partial(_softmax_variant, shift="all"),
     ),
     Mistake(
         "normalised over the whole tensor, not along `dim` (the article's first softmax)",
@@ -129,6 +136,7 @@ def _softmax_cases(gen: torch.Generator) -> list[Case]:
         Case("rows at very different levels", ((offsets + rand(rows, cols, dtype=torch.float64)).float(),)),
         Case("masked entries and a fully masked row", (masked,)),
         Case("bfloat16", (rand(rows, cols, dtype=torch.bfloat16),)),
+        Case("float64, and its gradient", (rand(rows, cols, dtype=torch.float64),), check_gradients=True),
     ]
 
 
@@ -180,9 +188,12 @@ def _weights_variant(
     scaling: str = "sqrt",  # "sqrt" | "none" | "linear" (divides by d_k) | "ignore_argument"
     normalise: str = "keys",  # "keys" (dim=-1) | "queries" (dim=-2) | "matrix" (last two dims)
     scores: str = "qk",  # "qk" | "kq" (K Qᵀ)
-    bool_mask: str = "allow",  # "allow" | "block" (True = blocked) | "after_softmax"
+    bool_mask: str = "allow",  # "allow" | "block" (True = blocked) | "after_softmax" | "ignore"
+    #                            | "add" (added to the scores as 0/1)
     float_mask: str = "add",  # "add" | "ignore" | "multiply"
     causal: str = "top_left",  # "top_left" | "future" (triu) | "no_diagonal" | "bottom_right"
+    #                            | "ignore" | "add" (tril added to the scores as 0/1)
+    fill: float = float("-inf"),  # what masked scores become; a finite number is a mistake
     empty_rows: str = "zero",  # "zero" | "nan"
 ) -> torch.Tensor:
     L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
@@ -196,21 +207,24 @@ def _weights_variant(
         logits = torch.matmul(k, q.transpose(-2, -1)) * scale  # (..., S, L)
     else:
         logits = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., L, S)
-    if is_causal:
+    if is_causal and causal != "ignore":
         ones = torch.ones(L, S, dtype=torch.bool, device=q.device)
         attn_mask = {
             "top_left": ones.tril(),
             "future": ones.triu(),
             "no_diagonal": ones.tril(-1),
             "bottom_right": ones.tril(S - L),
+            "add": ones.tril().to(q.dtype),  # (L, S) of 0/1, added below as a float mask
         }[causal]
     zero_after = None
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         if bool_mask == "after_softmax":
             zero_after = ~attn_mask
-        else:
+        elif bool_mask == "add":
+            logits = logits + attn_mask.to(logits.dtype)
+        elif bool_mask != "ignore":
             blocked = attn_mask if bool_mask == "block" else ~attn_mask
-            logits = logits.masked_fill(blocked, float("-inf"))
+            logits = logits.masked_fill(blocked, fill)
     elif attn_mask is not None and float_mask == "add":
         logits = logits + attn_mask
     elif attn_mask is not None and float_mask == "multiply":
@@ -246,8 +260,37 @@ _WEIGHT_MISTAKES = (
     Mistake(
         "a query whose keys are all masked gives NaN instead of zeros",
         "a row of scores that is all -inf must give weights of 0 (as PyTorch's SDPA does); your "
-        "softmax from exercise 1 handles this if you use it",
+        "softmax from exercise 1 does this once it passes check_softmax",
         partial(_weights_variant, empty_rows="nan"),
+    ),
+    Mistake(
+        "masked scores are set to a large negative number instead of -inf",
+        "with -1e9 or finfo.min a query whose keys are all masked gets uniform weights 1/S "
+        "instead of zeros; fill with float('-inf')",
+        partial(_weights_variant, fill=-1e9),
+    ),
+    Mistake(
+        "`is_causal` is ignored",
+        "with is_causal=True build torch.ones(L, S, dtype=torch.bool, device=q.device).tril() "
+        "and use it as the mask (in scaled_dot_product_attention: pass is_causal on)",
+        partial(_weights_variant, causal="ignore"),
+    ),
+    Mistake(
+        "the causal mask is added to the scores as 0/1 numbers",
+        "a mask of ones and zeros added to the scores only shifts them by 1; use it as a boolean "
+        "mask (masked_fill where it is False) or turn it into 0/-inf first",
+        partial(_weights_variant, causal="add"),
+    ),
+    Mistake(
+        "the boolean attn_mask is ignored",
+        "fill -inf where the mask is False (in scaled_dot_product_attention: pass attn_mask on)",
+        partial(_weights_variant, bool_mask="ignore"),
+    ),
+    Mistake(
+        "the boolean attn_mask is added to the scores as 0/1 numbers",
+        "a boolean mask says where attention is allowed: masked_fill the scores with -inf where "
+        "it is False; only a float mask is added",
+        partial(_weights_variant, bool_mask="add"),
     ),
     Mistake(
         "the boolean mask is inverted (True treated as blocked)",
@@ -334,7 +377,7 @@ def _attention_cases(gen: torch.Generator, with_values: bool) -> list[Case]:
         Case("is_causal, L = S", qkv((B,), n, n, E), {"is_causal": True}),
         Case("is_causal, L < S", qkv((B,), L, S, E), {"is_causal": True}),
         Case("a query with every key masked", qkv((), L, S, E), {"attn_mask": empty_row}),
-        Case("float64, no batch", qkv((), L, S, E, torch.float64), check_gradients=with_values),
+        Case("float64, and its gradients", qkv((), L, S, E, torch.float64), check_gradients=True),
         Case("bfloat16", qkv((B,), L, S, E, torch.bfloat16)),
     ]
 

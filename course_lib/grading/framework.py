@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import io
 import os
+import re
 import signal
 import threading
 import traceback
@@ -179,7 +180,13 @@ def _call_student(exercise: Exercise, fn: Callable[..., Any], args: tuple, kwarg
             f"your function did not return within {CALL_TIMEOUT_SECONDS:g} s — is there a loop "
             "that never ends?"
         ) from None
-    except NotImplementedError:
+    except NotImplementedError as error:
+        frame = _student_frame(error)
+        if frame is not None and frame.name not in (exercise.name, "<lambda>"):
+            raise _StudentFailed(
+                f"your function calls `{frame.name}`, which still raises NotImplementedError — "
+                f"finish `{frame.name}` (and pass its check) first"
+            ) from None
         raise _StudentFailed(
             "your function still raises NotImplementedError — replace "
             "`raise NotImplementedError()` with your code"
@@ -233,11 +240,19 @@ def _compare_values(actual: torch.Tensor, expected: torch.Tensor, tol: runtime.T
     error = (actual.double() - expected.double()).abs().nan_to_num(0.0)
     where = torch.unravel_index(error.argmax(), error.shape)
     where = tuple(int(i) for i in where)
-    return (
-        f"values differ: largest error {error.max().item():.3g} at index {where} "
-        f"(expected {expected[where].item():.6g}, got {actual[where].item():.6g}; "
+    largest = error.max().item()
+    digits = 6 if largest > 1e-4 else 12  # enough digits for the two numbers to differ visibly
+    message = (
+        f"values differ: largest error {largest:.3g} at index {where} "
+        f"(expected {expected[where].item():.{digits}g}, got {actual[where].item():.{digits}g}; "
         f"tolerance rtol={tol.rtol:g}, atol={tol.atol:g})"
     )
+    if expected.dtype == torch.float64 and largest < 1e-4:
+        message += (
+            "\n  Hint: an error this small on float64 inputs is float32 rounding — is part of your "
+            "computation in float32 (a .float(), or a new tensor made without dtype=<input>.dtype)?"
+        )
+    return message
 
 
 def _compare_gradients(
@@ -342,17 +357,34 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _where_student_failed(error: BaseException) -> str:
-    """' (line N of your code: `text`)' for the innermost frame outside course_lib and torch."""
+# Advice for an exception, chosen by a pattern in the student's failing line.
+_LINE_HINTS = (
+    (re.compile(r"\.T\b"), "on a tensor with batch dimensions `.T` reverses *all* dimensions; "
+     "swap the last two with .transpose(-2, -1) or .mT"),
+    (re.compile(r"\.numpy\(|np\."), "NumPy has no bfloat16 and no GPU tensors: stay in torch"),
+)
+
+
+def _student_frame(error: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of the traceback that is the student's (not course_lib's or torch's)."""
     frames = [
         f for f in traceback.extract_tb(error.__traceback__)
         if "course_lib" not in f.filename and "/torch/" not in f.filename
     ]
-    if not frames:
+    return frames[-1] if frames else None
+
+
+def _where_student_failed(error: BaseException) -> str:
+    """' (line N of your code: `text`)', and advice where the line shows a known pitfall."""
+    frame = _student_frame(error)
+    if frame is None:
         return ""
-    frame = frames[-1]
-    code = f": `{frame.line.strip()}`" if frame.line else ""
-    return f" (line {frame.lineno} of your code{code})"
+    line = (frame.line or "").strip()
+    where = f" (line {frame.lineno} of your code" + (f": `{line}`)" if line else ")")
+    for pattern, hint in _LINE_HINTS:
+        if pattern.search(line):
+            return f"{where}\n  Hint: {hint}"
+    return where
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
