@@ -186,6 +186,7 @@ def _weights_variant(
     scale: float | None = None,
     *,
     scaling: str = "sqrt",  # "sqrt" | "none" | "linear" (divides by d_k) | "ignore_argument"
+    #                         | "divide_by_argument" (divides by a given `scale`)
     normalise: str = "keys",  # "keys" (dim=-1) | "queries" (dim=-2) | "matrix" (last two dims)
     scores: str = "qk",  # "qk" | "kq" (K Qᵀ)
     bool_mask: str = "allow",  # "allow" | "block" (True = blocked) | "after_softmax" | "ignore"
@@ -203,6 +204,8 @@ def _weights_variant(
         scale = 1.0
     elif scaling == "linear":
         scale = 1.0 / E
+    elif scaling == "divide_by_argument" and scale != 1.0 / math.sqrt(E):
+        scale = 1.0 / scale
     if scores == "kq":
         logits = torch.matmul(k, q.transpose(-2, -1)) * scale  # (..., S, L)
     else:
@@ -317,6 +320,11 @@ _WEIGHT_MISTAKES = (
         "the `scale` argument is ignored",
         "use `scale` when it is given, and 1/sqrt(E) only when it is None",
         partial(_weights_variant, scaling="ignore_argument"),
+    ),
+    Mistake(
+        "divides by `scale` instead of multiplying by it",
+        "PyTorch's `scale` is the factor the scores are multiplied by (its default is 1/sqrt(E))",
+        partial(_weights_variant, scaling="divide_by_argument"),
     ),
     Mistake(
         "missing scale (no division by sqrt(d_k))",

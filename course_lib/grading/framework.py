@@ -280,7 +280,10 @@ def _compare_gradients(
     names = _parameter_names(exercise)
     for name, mine, theirs in zip(names, student_grads, ref_grads):
         if mine is None:
-            return f"no gradient reaches `{name}` through your function"
+            return (
+                f"no gradient reaches `{name}` through your function — does it, or a function it "
+                "calls, use .detach(), .numpy(), .item() or torch.tensor(...) on the way?"
+            )
         problem = _compare_values(mine, theirs, runtime.tolerance(theirs.dtype, theirs.device))
         if problem:
             return f"the gradient with respect to `{name}` is wrong: {problem}"
@@ -357,11 +360,14 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-# Advice for an exception, chosen by a pattern in the student's failing line.
-_LINE_HINTS = (
+# Advice for an exception, chosen by a pattern in the student's failing line or in the error.
+_EXCEPTION_HINTS = (
     (re.compile(r"\.T\b"), "on a tensor with batch dimensions `.T` reverses *all* dimensions; "
      "swap the last two with .transpose(-2, -1) or .mT"),
-    (re.compile(r"\.numpy\(|np\."), "NumPy has no bfloat16 and no GPU tensors: stay in torch"),
+    (re.compile(r"\.numpy\(|np\.|requires grad"),
+     "NumPy has no bfloat16, no GPU tensors and no gradients: stay in torch"),
+    (re.compile(r"leaf Variable that requires grad is being used in an in-place operation"),
+     "your function changes one of its inputs in place (`x -= ...`, `x.exp_()`): work on new tensors"),
 )
 
 
@@ -381,8 +387,8 @@ def _where_student_failed(error: BaseException) -> str:
         return ""
     line = (frame.line or "").strip()
     where = f" (line {frame.lineno} of your code" + (f": `{line}`)" if line else ")")
-    for pattern, hint in _LINE_HINTS:
-        if pattern.search(line):
+    for pattern, hint in _EXCEPTION_HINTS:
+        if pattern.search(line) or pattern.search(str(error)):
             return f"{where}\n  Hint: {hint}"
     return where
 
