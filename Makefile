@@ -36,5 +36,6 @@ release: $(INSTALLED)
 		$(BIN)/nbgrader generate_assignment "$$(basename "$$lesson")" --force || exit 1; \
 	done
 
+# Never removes gradebook.db: it holds the grades.
 clean:
-	rm -rf .pytest_cache gradebook.db
+	rm -rf .pytest_cache build

@@ -16,6 +16,12 @@ c.CourseDirectory.release_directory = "notebooks"
 # Per-cell limit while autograding: a cell past it is interrupted and scores 0; grading goes on.
 c.Execute.timeout = 120
 
+# `nbgrader zip_collect` (submissions downloaded from an LMS): a file named
+# <student>_<anything>_<NN_slug>[-N].ipynb, as Canvas names them, is NN_slug.ipynb from <student>.
+c.FileNameCollectorPlugin.named_regexp = (
+    r".*/(?P<student_id>[^/_]+)_(?:[^/]*_)?(?P<file_id>\d\d_[a-z0-9_]*[a-z0-9])(?:-\d+)?\.ipynb$"
+)
+
 # nbgrader runs its tools (alembic, jupyter) by name: the environment's bin/ must be on PATH.
 _env_bin = os.path.dirname(sys.executable)
 if _env_bin not in os.environ.get("PATH", "").split(os.pathsep):

@@ -188,13 +188,14 @@ def test_a_lookup_table_of_public_answers_fails_the_hidden_cases():
     assert _failing_case(check_softmax, memorised, hidden=True, seed=1) != GRADIENT_CASE
 
 
-def test_a_secret_salt_makes_the_hidden_cases_unknowable(monkeypatch):
+def test_a_secret_salt_makes_the_hidden_cases_unknowable(monkeypatch, capsys):
     memorised = _memorised_softmax(0, 1)  # the public cases and the open course's hidden seed 1
     monkeypatch.delenv(framework.HIDDEN_SALT_ENV_VAR, raising=False)
     assert _failing_case(check_softmax, memorised, hidden=True, seed=1) == GRADIENT_CASE
     monkeypatch.setenv(framework.HIDDEN_SALT_ENV_VAR, "instructor's secret")
     assert _failing_case(check_softmax, memorised, hidden=True, seed=1) != GRADIENT_CASE
     check_softmax(softmax_torch_where, hidden=True, seed=1)
+    assert "hidden cases, seed 1 (salted)" in capsys.readouterr().out
     assert _failing_case(check_softmax, memorised) == GRADIENT_CASE  # public cases are never salted
 
 

@@ -17,6 +17,7 @@ import csv
 import difflib
 import json
 import re
+import zipfile
 
 import nbformat
 import pytest
@@ -239,3 +240,16 @@ def test_solutions_are_nbformat_45_and_setup_cells_are_locked(lesson):
         meta = nbgrader_meta(cell)
         if cell.cell_type == "code" and not meta.get("solution"):
             assert cell.metadata.get("editable") is False and cell.metadata.get("deletable") is False
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_zip_collect_takes_submissions_downloaded_from_an_lms(course, lesson):
+    release = nbformat.read(notebook_path(course.root / "notebooks", lesson), as_version=4)
+    archive = course.root / "downloaded" / lesson / "archive"
+    archive.mkdir(parents=True)
+    with zipfile.ZipFile(archive / "submissions.zip", "w") as bundle:  # Canvas-style names
+        bundle.writestr(f"erin_4711_99_{lesson}.ipynb", nbformat.writes(answered_like_the_solution(release, lesson)))
+        bundle.writestr(f"frank_4712_98_{lesson}-1.ipynb", nbformat.writes(release))
+    course.nbgrader("zip_collect", lesson, "--force")
+    for student in ("erin", "frank"):
+        assert notebook_path(course.root / "submitted" / student, lesson).exists(), student

@@ -128,6 +128,8 @@ def run_check(exercise: Exercise, fn: Any, *, hidden: bool = False, seed: int | 
         raise AssertionError(f"{label}: {problem}")
     total = len(cases) + len(exercise.behaviours)
     where = f"hidden cases, seed {case_seed}" if hidden else "cases"
+    if hidden and draw_seed != case_seed:
+        where += " (salted)"
     print(f"✓ {label} passed: {total} {where} on {device.type}")
 
 
