@@ -148,7 +148,7 @@ def _run_case(exercise: Exercise, fn: Any, case: Case, device: torch.device) -> 
     ref_args, ref_kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
     expected = exercise.reference(*ref_args, **ref_kwargs)
     args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
-    originals = _clone(args), _clone(kwargs)
+    originals = _to_device(args, device), _to_device(kwargs, device)  # copies to compare with
     if case.check_gradients:
         args = tuple(_requires_grad(a) for a in args)
     names = _parameter_names(exercise)
@@ -157,14 +157,14 @@ def _run_case(exercise: Exercise, fn: Any, case: Case, device: torch.device) -> 
         actual = _call_student(exercise, fn, args, kwargs)
     except _StudentFailed as failure:
         return f"{intro} {failure}"
-    changed = _changed_inputs(originals, (_detach(args), kwargs), names)
+    changed = _changed_inputs(originals, (args, kwargs), names)
     if changed:
         return f"{intro} your function changed its input `{changed}` in place — work on new tensors"
     problem = _compare(actual, expected, device)
     if problem:
         return f"{intro} {problem}{_diagnose(exercise, actual, ref_args, ref_kwargs, device)}"
     if case.check_gradients:
-        problem = _compare_gradients(exercise, actual, args, ref_args, ref_kwargs)
+        problem = _compare_gradients(exercise, actual, args, ref_args, ref_kwargs, names)
         if problem:
             return f"{intro} {problem}"
     return None
@@ -258,7 +258,12 @@ def _compare_values(actual: torch.Tensor, expected: torch.Tensor, tol: runtime.T
 
 
 def _compare_gradients(
-    exercise: Exercise, actual: torch.Tensor, student_args: tuple, ref_args: tuple, ref_kwargs: dict
+    exercise: Exercise,
+    actual: torch.Tensor,
+    student_args: tuple,
+    ref_args: tuple,
+    ref_kwargs: dict,
+    names: list[str],
 ) -> str | None:
     if actual.grad_fn is None:
         return (
@@ -279,7 +284,6 @@ def _compare_gradients(
         return f"the backward pass through your function raised {type(error).__name__}: {error}"
     ref_inputs = [a for a in ref_args if isinstance(a, torch.Tensor) and a.requires_grad]
     ref_grads = torch.autograd.grad((expected * weights).sum(), ref_inputs, allow_unused=True)
-    names = _parameter_names(exercise)
     for name, mine, theirs in zip(names, student_grads, ref_grads):
         if mine is None:
             return (
@@ -405,20 +409,6 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _clone(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, tuple):
-        return tuple(_clone(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    return value
-
-
-def _detach(values: tuple) -> tuple:
-    return tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in values)
-
-
 def _requires_grad(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.is_floating_point():
         return value.detach().clone().requires_grad_(True)
@@ -432,7 +422,7 @@ def _changed_inputs(
     pairs = list(zip(names, old_args, new_args))
     pairs += [(k, old_kwargs[k], new_kwargs[k]) for k in old_kwargs]
     for name, old, new in pairs:
-        if isinstance(old, torch.Tensor) and not torch.equal(old.nan_to_num(), new.nan_to_num()):
+        if isinstance(old, torch.Tensor) and not torch.equal(old.nan_to_num(), new.detach().nan_to_num()):
             return name
     return None
 
