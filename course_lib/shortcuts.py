@@ -43,7 +43,7 @@ _inside_reference: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 def reference(function: F) -> F:
     """Mark a course_lib function as a reference answer, refused while a check forbids it."""
-    name = f"course_lib.{function.__module__.split('.')[-1]}.{function.__qualname__}"
+    name = f"{function.__module__}.{function.__qualname__}"
 
     @functools.wraps(function)
     def guarded(*args: Any, **kwargs: Any) -> Any:

@@ -5,8 +5,8 @@ shapes, the largest error and, where the answer matches a known mistake, its nam
 Grade cells add hidden cases: ``check_<function>(fn, hidden=True, seed=N)``.
 """
 
-from course_lib.grading import attention_checks
-from course_lib.grading.attention_checks import (
+from course_lib.grading import l05_scaled_dot_product as attention_checks
+from course_lib.grading.l05_scaled_dot_product import (
     check_attention_weights,
     check_scaled_dot_product_attention,
     check_softmax,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from course_lib import runtime
 from course_lib.attention import scaled_dot_product_attention
 from course_lib.grading import check_softmax
-from test_grading import CORRECT, MISTAKES
+from test_l05_checks import CORRECT, MISTAKES
 
 pytestmark = [
     pytest.mark.gpu,

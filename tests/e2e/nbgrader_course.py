@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SOLUTIONS = REPO / "solutions"
 RELEASE = REPO / "notebooks"
 COURSE_ID = "attention-course"

@@ -11,7 +11,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge's name -> PyPI's name
 NOT_PACKAGES = {"python", "pip"}
 

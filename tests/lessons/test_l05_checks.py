@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from course_lib import attention, grading
 from course_lib.grading import (
     EXERCISES,
-    attention_checks,
+    l05_scaled_dot_product as attention_checks,
     check_attention_weights,
     check_scaled_dot_product_attention,
     check_softmax,
@@ -294,17 +294,17 @@ def _aten_sdpa(q, k, v, attn_mask=None, is_causal=False, scale=None):
         (check_softmax, lambda x, dim=-1: x.softmax(dim), "softmax"),
         (check_softmax, lambda x, dim=-1: torch.nn.Softmax(dim)(x), "softmax"),
         (check_softmax, lambda x, dim=-1: F.log_softmax(x, dim).exp(), "log_softmax"),
-        (check_softmax, lambda x, dim=-1: attention.softmax(x, dim), "course_lib.attention.softmax"),
+        (check_softmax, lambda x, dim=-1: attention.softmax(x, dim), "course_lib.attention.sdpa.softmax"),
         (check_softmax, lambda x, dim=-1: F.softmin(-x, dim), "softmin"),
         (check_softmax, lambda x, dim=-1: torch.ops.aten._softmax(x, dim, False), "aten._softmax"),
         (check_softmax, lambda x, dim=-1: torch.ops.aten.softmax(x, dim), "aten._softmax"),
         (check_softmax, lambda x, dim=-1: torch.ops.aten._safe_softmax(x, dim), "aten._safe_softmax"),
-        (check_attention_weights, lambda q, k, attn_mask=None, is_causal=False, scale=None: attention.attention_weights(q, k, attn_mask, is_causal, scale), "course_lib.attention.attention_weights"),
+        (check_attention_weights, lambda q, k, attn_mask=None, is_causal=False, scale=None: attention.attention_weights(q, k, attn_mask, is_causal, scale), "course_lib.attention.sdpa.attention_weights"),
         (check_attention_weights, lambda q, k, attn_mask=None, is_causal=False, scale=None: F.scaled_dot_product_attention(q, k, torch.eye(k.shape[-2], dtype=q.dtype), attn_mask, is_causal=is_causal, scale=scale), "scaled_dot_product_attention"),
         (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal, scale=scale), "scaled_dot_product_attention"),
-        (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: attention.scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale), "course_lib.attention.scaled_dot_product_attention"),
+        (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: attention.scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale), "course_lib.attention.sdpa.scaled_dot_product_attention"),
         (check_scaled_dot_product_attention, _aten_sdpa, "aten."),
-        (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: attention.attention_weights(q, k, attn_mask, is_causal, scale) @ v, "course_lib.attention.attention_weights"),
+        (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: attention.attention_weights(q, k, attn_mask, is_causal, scale) @ v, "course_lib.attention.sdpa.attention_weights"),
     ],
 )
 def test_shortcuts_are_refused(check, fn, word):
