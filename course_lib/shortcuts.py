@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from torch.overrides import TorchFunctionMode, resolve_name
@@ -91,6 +93,31 @@ class _RefuseAtenOperators(TorchDispatchMode):
                 f"for you ({self.forbidden[name]}) — write the computation yourself"
             )
         return func(*args, **(kwargs or {}))
+
+
+@dataclass(frozen=True)
+class Forbidden:
+    """What a graded function may not call, each with a few words on why it would be the answer.
+
+    ``functions``: PyTorch callables (caught by a TorchFunctionMode); ``operators``: ATen operator
+    names such as ``"_softmax"`` (caught by a TorchDispatchMode); ``references``: course_lib
+    functions decorated with ``@reference``. Sets compose with ``|``, so several lessons share one.
+    """
+
+    functions: Mapping[Callable[..., Any], str] = field(default_factory=lambda: MappingProxyType({}))
+    operators: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    references: tuple[Callable[..., Any], ...] = ()
+
+    def __or__(self, other: "Forbidden") -> "Forbidden":
+        return Forbidden(
+            functions=MappingProxyType({**self.functions, **other.functions}),
+            operators=MappingProxyType({**self.operators, **other.operators}),
+            references=tuple(dict.fromkeys(self.references + other.references)),
+        )
+
+    def refused(self) -> contextlib.AbstractContextManager[None]:
+        """Within the block, calling any of them raises ``ShortcutUsed``."""
+        return forbid(dict(self.functions), self.references, dict(self.operators))
 
 
 @contextlib.contextmanager

@@ -1,72 +1,96 @@
-"""The machinery every ``check_<function>`` shares.
+"""The machinery every ``check_<name>`` shares: an ``Exercise`` and how it is checked.
 
-An ``Exercise`` names the reference, builds its cases from a seed, lists the known mistakes (each a
-working implementation *of the mistake*) and the PyTorch callables that would be the answer.
-``run_check`` calls the student's function on each case and either prints one "passed" line or
-raises ``AssertionError`` with a message a student can act on:
+An ``Exercise`` names the reference (a function, or an ``nn.Module`` class), builds its cases from a
+seed, lists the known mistakes (each a working implementation *of the mistake*) and the shortcuts
+that would be the answer. ``Exercise.check(fn)`` calls the student's function (or builds the
+student's module with the reference's weights) on each case, and either prints one "passed" line
+or raises ``CheckFailed``, an ``AssertionError`` that carries a structured ``Failure``:
 
-* the case, the input shapes and dtypes, the largest error and where it is;
-* the name of the known mistake whose output the student's matches, with a hint;
-* wrong type, shape, dtype or device said in words; a student's exception, NaN, a shortcut or an
-  infinite loop reported as such, never as a traceback from inside the checker.
+* the case, the input shapes and dtypes, the output leaf that is wrong and the largest error;
+* the name of the known mistake whose output (or gradient) the student's matches, with a hint;
+* wrong type, structure, shape, dtype or device said in words; a student's exception, NaN, a
+  shortcut, an unfinished helper or an infinite loop reported as such, never as a traceback.
 
-Inputs are drawn on the CPU from a seeded generator, then moved to ``runtime.device()`` (the GPU
-when there is one), where the reference also runs. Nothing is written to stderr: nbgrader gives a
-grade cell with any stderr output zero points.
+Cases, calls and results are plain data — tensors and options — so a process outside the
+student's kernel can replay an exercise's cases (``cases``) and judge results (``judge``) itself.
+Inputs are drawn on the CPU from a seeded generator, then moved to ``runtime.device()``, where the
+reference also runs. Nothing is written to stderr: nbgrader gives a grade cell with any stderr
+output zero points.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dis
+import functools
 import hashlib
 import inspect
 import io
 import os
-import re
-import signal
-import threading
-import traceback
-import warnings
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
+from torch import nn
 
 from course_lib import runtime
-from course_lib.shortcuts import ShortcutUsed, forbid
+from course_lib.grading import student_code
+from course_lib.grading.compare import Mismatch, close_trees, compare_trees, compare_values, flatten, tolerance_for
+from course_lib.grading.student_code import StudentFailed, call_student, quiet, time_limit
+from course_lib.shortcuts import Forbidden
 
-# One call of the student's function may take this long before it is stopped.
-CALL_TIMEOUT_SECONDS = 10.0
 # The course is open, so anyone can draw the hidden cases of `hidden=True, seed=N` and tabulate the
 # answers. An instructor who sets this variable while autograding mixes a secret into every hidden
 # seed: the hidden inputs can then not be known in advance.
 HIDDEN_SALT_ENV_VAR = "COURSE_HIDDEN_SALT"
 _MAX_MESSAGE_VALUES = 3
-_TYPE_HINTS = {
-    "NoneType": " — did you forget `return`?",
-    "ndarray": " — stay in torch (torch.exp, .sum, ...) so the result keeps its device and gradients",
-    "list": " — build the result with torch operations instead of a Python list",
-}
+
+
+# --- what an exercise is made of ------------------------------------------------------------------
 
 
 @dataclass
 class Case:
-    """One call: positional tensors and keyword options, as a student would write it."""
+    """One call: positional tensors and keyword options, as a student would write it.
+
+    Module exercises add ``init`` (the constructor's keywords) and ``state`` (the reference's
+    parameters, by the reference's names), which both the reference and the student's module get.
+    """
 
     name: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     check_gradients: bool = False
+    init: dict[str, Any] | None = None
+    state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
 class Mistake:
-    """A known wrong answer: its name, a hint to fix it, and an implementation of it."""
+    """A known wrong answer: its name, a hint to fix it, and an implementation of it (with the
+    reference's signature; a class for module exercises)."""
 
     name: str
     hint: str
     function: Callable[..., Any]
+
+
+def variant(function: Callable[..., Any], **knobs: Any) -> Callable[..., Any]:
+    """``function`` with ``knobs`` set — one known mistake of a reference computation written with
+    knobs. Every knob annotated ``Literal[...]`` is checked here, at import: a misspelt variant
+    fails loudly instead of silently equalling the reference."""
+    hints = typing.get_type_hints(function)
+    parameters = inspect.signature(function).parameters
+    for name, value in knobs.items():
+        if name not in parameters:
+            raise TypeError(f"{function.__name__} has no knob {name!r}")
+        allowed = typing.get_args(hints.get(name)) if typing.get_origin(hints.get(name)) is typing.Literal else None
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"{function.__name__}({name}={value!r}): not one of {allowed}")
+    return functools.partial(function, **knobs)
 
 
 @dataclass(frozen=True)
@@ -82,55 +106,322 @@ class Behaviour:
 
 
 @dataclass(frozen=True)
-class Exercise:
+class Requirement:
+    """Something an exercise needs beyond the course's own packages (e.g. Triton)."""
+
     name: str
-    reference: Callable[..., Any]
+    available: Callable[[], bool]
+    how: str  # what to do where it is missing
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """How a student's ``nn.Module`` is matched with the reference's.
+
+    ``parameter_names`` maps a reference parameter's name to the student's where the exercise lets
+    them differ (e.g. ``{"weight_ih": "W_ih"}``); other parameters keep the reference's names.
+    """
+
+    parameter_names: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# --- what a failed check carries -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a check failed, as fields (tests assert on these, students read ``message``).
+
+    ``kind``: exception | timeout | shortcut | not_implemented | type | structure | shape | device |
+    dtype | nan | inf | values | in_place | gradient | behaviour | dependency | requirement | usage.
+    """
+
+    exercise: str
+    kind: str
+    problem: str
+    case: str | None = None
+    inputs: str | None = None
+    leaf: str | None = None
+    largest_error: float | None = None
+    mistake: str | None = None
+    hint: str | None = None
+    blamed: str | None = None  # an earlier graded function, called by this one, that fails its own check
+    behaviour: str | None = None
+
+    @property
+    def message(self) -> str:
+        label = f"check_{self.exercise}"
+        if self.kind in ("dependency", "requirement", "usage"):
+            return f"{label}: {self.problem}"
+        if self.behaviour:
+            lines = [f'{label}: behaviour "{self.behaviour}" failed', f"  {self.problem}"]
+        else:
+            where = f"in `{self.leaf}`: " if self.leaf else ""
+            lines = [f'{label}: case "{self.case}" failed', f"  inputs: {self.inputs}", f"  {where}{self.problem}"]
+        if self.mistake:
+            lines.append(f"  This looks like a known mistake: {self.mistake}.")
+        if self.hint:
+            lines.append(f"  Hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class CheckFailed(AssertionError):
+    """A failed check: ``str()`` is the message; ``.failure`` holds its fields.
+
+    In Jupyter the message is shown alone, without a traceback through the checker (IPython
+    renders ``_render_traceback_`` when an exception has one); the cell still fails, as nbgrader
+    needs it to.
+    """
+
+    def __init__(self, failure: Failure):
+        super().__init__(failure.message)
+        self.failure = failure
+
+    def _render_traceback_(self) -> list[str]:
+        return ["✗ " + self.failure.message.split("\n")[0], *self.failure.message.split("\n")[1:]]
+
+
+class GradingEnvironmentError(RuntimeError):
+    """The grading machine lacks what an exercise needs: grading must stop, not give 0 or full points."""
+
+
+# --- the exercise ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One graded function or module. ``check`` is what ``check_<name>`` calls."""
+
+    name: str  # the function or class the student writes
+    reference: Callable[..., Any]  # a function, or an nn.Module class
     make_cases: Callable[[torch.Generator], list[Case]]
     mistakes: tuple[Mistake, ...] = ()
-    forbidden: dict[Callable[..., Any], str] = field(default_factory=dict)
-    forbidden_references: tuple[Callable[..., Any], ...] = ()
-    forbidden_operators: dict[str, str] = field(default_factory=dict)  # ATen names, e.g. "_softmax"
+    forbidden: Forbidden = Forbidden()
     behaviours: tuple[Behaviour, ...] = ()
+    output_names: tuple[str, ...] | None = None  # names of a returned tuple's items, for messages
+    module: ModuleSpec | None = None  # set for module exercises
+    depends_on: tuple["Exercise", ...] = ()  # earlier exercises whose function this one may call
+    requires: tuple[Requirement, ...] = ()
+    timeout_s: float | None = None  # per call; None: student_code.CALL_TIMEOUT_SECONDS
+    tolerances: Mapping[torch.dtype, runtime.Tolerance] = field(default_factory=lambda: MappingProxyType({}))
     public_seed: int = 0
 
+    # -- the public entry point --
 
-class _StudentFailed(Exception):
-    """The student's function raised, looped or took a shortcut; ``str`` says which, in words."""
+    def check(self, fn: Any, *, hidden: bool = False, seed: int | None = None) -> None:
+        """Check ``fn``; print one line if it passes, raise ``CheckFailed`` if not. Returns None
+        (nbgrader would read a number as partial credit)."""
+        __tracebackhide__ = True
+        failure, total, where = self._verdict(fn, hidden, seed)
+        if failure:
+            raise CheckFailed(failure)
+        print(f"✓ check_{self.name} passed: {total} {where} on {runtime.device().type}")
 
+    def check_function(self) -> Callable[..., None]:
+        """``check_<name>``, a plain function with its own name and docstring, for the notebooks."""
 
-def run_check(exercise: Exercise, fn: Any, *, hidden: bool = False, seed: int | None = None) -> None:
-    """Check ``fn`` against ``exercise``; print one line if it passes, raise AssertionError if not."""
-    __tracebackhide__ = True
-    label = f"check_{exercise.name}"
-    if not callable(fn):
-        raise AssertionError(
-            f"{label} needs your function, got {type(fn).__name__} — run the cell that defines "
-            f"`{exercise.name}` and pass the function itself: {label}({exercise.name})"
+        def check(fn: Any, *, hidden: bool = False, seed: int | None = None) -> None:
+            __tracebackhide__ = True
+            self.check(fn, hidden=hidden, seed=seed)
+
+        what = "class" if self.module else "function"
+        check.__name__ = check.__qualname__ = f"check_{self.name}"
+        check.__doc__ = (
+            f"Check your {what} `{self.name}{_signature(self)}` against the course's reference.\n\n"
+            f"Prints one line if it passes; raises AssertionError saying what is wrong if not.\n"
+            f"Grade cells add hidden cases: check_{self.name}({self.name}, hidden=True, seed=N)."
         )
-    if hidden and seed is None:
-        raise ValueError(f"{label}(..., hidden=True) needs a seed")
-    case_seed = exercise.public_seed if seed is None else int(seed)
-    draw_seed = _salted(case_seed) if hidden else case_seed
-    device = runtime.device()
-    problem = None
-    with _quiet():
-        cases = exercise.make_cases(runtime.generator(draw_seed))
-        for case in cases:
-            problem = _run_case(exercise, fn, case, device)
-            if problem:
-                break
-        else:
-            for behaviour in exercise.behaviours:
-                problem = _run_behaviour(exercise, fn, behaviour, device, draw_seed)
-                if problem:
-                    break
-    if problem:
-        raise AssertionError(f"{label}: {problem}")
-    total = len(cases) + len(exercise.behaviours)
-    where = f"hidden cases, seed {case_seed}" if hidden else "cases"
-    if hidden and draw_seed != case_seed:
-        where += " (salted)"
-    print(f"✓ {label} passed: {total} {where} on {device.type}")
+        return check
+
+    # -- plain data: cases to replay, results to judge --
+
+    def cases(self, *, hidden: bool = False, seed: int | None = None) -> list[Case]:
+        """The cases a check runs, drawn on the CPU: public ones, or hidden ones for ``seed``."""
+        return self.make_cases(runtime.generator(self._draw_seed(hidden, seed)))
+
+    def expected(self, case: Case, device: torch.device, *, with_grad: bool = False) -> tuple[Any, tuple, Any]:
+        """The reference's result for ``case`` on ``device``: (result, inputs, module or None)."""
+        args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
+        if with_grad:
+            args = tuple(_requires_grad(a) for a in args)
+        if self.module:
+            module = _load_state(self.reference(**case.init), case.state, {}, device)
+            return module(*args, **kwargs), args, module
+        return self.reference(*args, **kwargs), args, None
+
+    # -- the steps --
+
+    def _draw_seed(self, hidden: bool, seed: int | None) -> int:
+        case_seed = self.public_seed if seed is None else int(seed)
+        return _salted(case_seed) if hidden else case_seed
+
+    def _verdict(self, fn: Any, hidden: bool, seed: int | None) -> tuple[Failure | None, int, str]:
+        if not callable(fn):
+            thing = "class" if self.module else "function"
+            return self._usage(
+                f"needs your {thing}, got {type(fn).__name__} — run the cell that defines "
+                f"`{self.name}` and pass the {thing} itself: check_{self.name}({self.name})"
+            ), 0, ""
+        if hidden and seed is None:
+            raise ValueError(f"check_{self.name}(..., hidden=True) needs a seed")
+        missing = [r for r in self.requires if not r.available()]
+        if missing:
+            problem = "; ".join(f"{r.name} is missing here: {r.how}" for r in missing)
+            if os.environ.get("NBGRADER_EXECUTION") == "autograde":
+                raise GradingEnvironmentError(f"check_{self.name} cannot be graded on this machine: {problem}")
+            return Failure(self.name, "requirement", f"this exercise needs {problem}"), 0, ""
+        failure = self._check_dependencies(fn, hidden, seed)
+        if failure:
+            return failure, 0, ""
+        device = runtime.device()
+        draw_seed = self._draw_seed(hidden, seed)
+        with quiet():
+            cases = self.make_cases(runtime.generator(draw_seed))
+            failure = next((f for f in (self._run_case(fn, c, device) for c in cases) if f), None)
+            if failure is None:
+                failure = next(
+                    (f for f in (self._run_behaviour(fn, b, device, draw_seed) for b in self.behaviours) if f), None
+                )
+        case_seed = self.public_seed if seed is None else int(seed)
+        where = f"hidden cases, seed {case_seed}" if hidden else "cases"
+        if hidden and draw_seed != case_seed:
+            where += " (salted)"
+        return failure, len(cases) + len(self.behaviours), where
+
+    def _usage(self, problem: str) -> Failure:
+        return Failure(self.name, "usage", problem)
+
+    def _check_dependencies(self, fn: Any, hidden: bool, seed: int | None) -> Failure | None:
+        """An earlier graded function that ``fn`` calls must pass its own check first, so that the
+        message blames it and not the function being checked."""
+        for earlier in self.depends_on:
+            helper = _called_helper(fn, earlier.name)
+            if helper is None:
+                continue
+            with contextlib.redirect_stdout(io.StringIO()):
+                failure, _, _ = earlier._verdict(helper, hidden, seed)
+            if failure:
+                inner = failure.message.replace("\n", "\n  ")
+                return Failure(
+                    self.name, "dependency",
+                    f"your `{earlier.name}`, which this {'class' if self.module else 'function'} calls, fails its "
+                    f"own check — fix it first (run check_{earlier.name}({earlier.name}) to see it alone):\n  {inner}",
+                    case=failure.case, mistake=failure.mistake, hint=None, blamed=earlier.name,
+                )
+        return None
+
+    def _call(self, fn: Any, case: Case, args: tuple, kwargs: dict, device: torch.device) -> tuple[Any, Any]:
+        """The student's result (and module, for module exercises)."""
+        if not self.module:
+            return call_student(self.name, fn, args, kwargs, self.forbidden, self.timeout_s), None
+        module = call_student(self.name, fn, (), dict(case.init), self.forbidden, self.timeout_s)
+        if not isinstance(module, nn.Module):
+            raise StudentFailed("type", f"{self.name}(...) built a {type(module).__name__}, not an nn.Module — "
+                                "does your class inherit from nn.Module?")
+        try:
+            _load_state(module, case.state, self.module.parameter_names, device)
+        except ValueError as error:
+            raise StudentFailed("structure", str(error)) from None
+        return call_student(self.name, module, args, kwargs, self.forbidden, self.timeout_s), module
+
+    def _run_case(self, fn: Any, case: Case, device: torch.device) -> Failure | None:
+        args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
+        originals = _to_device(args, device), _to_device(kwargs, device)  # copies to compare with
+        if case.check_gradients:
+            args = tuple(_requires_grad(a) for a in args)
+        names = _input_names(self)
+        fail = functools.partial(Failure, self.name, case=case.name, inputs=_describe_call(case, names))
+        try:
+            actual, module = self._call(fn, case, args, kwargs, device)
+        except StudentFailed as failed:
+            return fail(failed.kind, failed.problem, hint=failed.hint)
+        changed = _changed_inputs(originals, (args, kwargs), names)
+        if changed:
+            return fail("in_place", f"your function changed its input `{changed}` in place — work on new tensors")
+        expected, ref_args, ref_module = self.expected(case, device, with_grad=case.check_gradients)
+        mismatch = compare_trees(actual, expected, device, dict(self.tolerances), self.output_names)
+        if mismatch:
+            mistake = self._matching_mistake(
+                lambda m: close_trees(actual, self._mistake_result(m, case, device)[0], device, dict(self.tolerances))
+            )
+            return self._failure(fail, mismatch, mistake)
+        if case.check_gradients:
+            return self._compare_gradients(fail, case, actual, args, module, expected, ref_args, ref_module, device)
+        return None
+
+    def _failure(self, fail: Callable[..., Failure], mismatch: Mismatch, mistake: Mistake | None) -> Failure:
+        return fail(
+            mismatch.kind, mismatch.problem, leaf=mismatch.leaf, largest_error=mismatch.largest_error,
+            mistake=mistake.name if mistake else None, hint=mistake.hint if mistake else None,
+        )
+
+    def _mistake_result(self, mistake: Mistake, case: Case, device: torch.device, with_grad: bool = False) -> Any:
+        args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
+        if with_grad:
+            args = tuple(_requires_grad(a) for a in args)
+        if self.module:
+            module = _load_state(mistake.function(**case.init), case.state, {}, device)
+            return module(*args, **kwargs), args, module
+        return mistake.function(*args, **kwargs), args, None
+
+    def _matching_mistake(self, matches: Callable[[Mistake], bool]) -> Mistake | None:
+        for mistake in self.mistakes:
+            try:
+                with quiet():
+                    if matches(mistake):
+                        return mistake
+            except Exception:  # noqa: BLE001 - a mistake that cannot run on this case does not match
+                continue
+        return None
+
+    def _compare_gradients(self, fail, case, actual, args, module, expected, ref_args, ref_module, device):  # noqa: ANN001, PLR0913
+        if not any(t.grad_fn is not None for _, t in _float_leaves(actual)):
+            return fail("gradient", "your output is cut off from autograd (no gradient reaches the inputs) — avoid "
+                        ".detach(), .numpy(), .item() and torch.tensor(...) on intermediate results")
+        names = _input_names(self)
+        renamed = {v: k for k, v in self.module.parameter_names.items()} if self.module else {}
+        seconds = self.timeout_s or student_code.CALL_TIMEOUT_SECONDS
+        try:
+            with time_limit(seconds):
+                mine = _gradients(actual, args, module, names, renamed)
+        except student_code.Timeout:
+            return fail("timeout", f"the backward pass did not finish within {seconds:g} s")
+        except Exception as error:  # noqa: BLE001
+            return fail("gradient", f"the backward pass through your function raised {type(error).__name__}: {error}")
+        theirs = _gradients(expected, ref_args, ref_module, names, {})
+        for name, grad in theirs.items():
+            if mine.get(name) is None:
+                return fail("gradient", f"no gradient reaches `{name}` through your function — does it, or a function "
+                            "it calls, use .detach(), .numpy(), .item() or torch.tensor(...) on the way?")
+            mismatch = compare_values(mine[name], grad, tolerance_for(grad.dtype, device, dict(self.tolerances)))
+            if mismatch:
+                def same_gradients(mistake: Mistake) -> bool:  # and the same outputs
+                    result, m_args, m_module = self._mistake_result(mistake, case, device, with_grad=True)
+                    if not close_trees(actual, result, device, dict(self.tolerances)):
+                        return False
+                    wrong = _gradients(result, m_args, m_module, names, {})
+                    return wrong.get(name) is not None and compare_values(
+                        mine[name], wrong[name], tolerance_for(grad.dtype, device, dict(self.tolerances))) is None
+                mistake = self._matching_mistake(same_gradients)
+                problem = f"the gradient with respect to `{name}` is wrong: {mismatch.problem}"
+                return self._failure(fail, Mismatch("gradient", problem, None, mismatch.largest_error), mistake)
+        return None
+
+    def _run_behaviour(self, fn: Any, behaviour: Behaviour, device: torch.device, seed: int) -> Failure | None:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = call_student(self.name, fn, args, kwargs, self.forbidden, self.timeout_s)
+            if not isinstance(result, torch.Tensor):
+                raise StudentFailed("type", f"expected a torch.Tensor, got {type(result).__name__}")
+            return result.detach()
+
+        try:
+            problem = behaviour.test(call, device, runtime.generator(seed + 1))
+        except StudentFailed as failed:
+            problem = failed.problem
+        return Failure(self.name, "behaviour", problem, behaviour=behaviour.name) if problem else None
+
+
+# --- helpers ---------------------------------------------------------------------------------------
 
 
 def _salted(seed: int) -> int:
@@ -141,262 +432,29 @@ def _salted(seed: int) -> int:
     return int.from_bytes(digest[:7], "little")  # a 56-bit seed
 
 
-# --- one case ---------------------------------------------------------------------------------
+def _signature(exercise: Exercise) -> str:
+    target = exercise.reference.__init__ if exercise.module else exercise.reference
+    parameters = list(inspect.signature(target).parameters.values())
+    if exercise.module:
+        parameters = parameters[1:]  # without self
+    return "(" + ", ".join(str(p).split(":")[0] if p.default is p.empty else f"{p.name}={p.default!r}" for p in parameters) + ")"
 
 
-def _run_case(exercise: Exercise, fn: Any, case: Case, device: torch.device) -> str | None:
-    ref_args, ref_kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
-    expected = exercise.reference(*ref_args, **ref_kwargs)
-    args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
-    originals = _to_device(args, device), _to_device(kwargs, device)  # copies to compare with
-    if case.check_gradients:
-        args = tuple(_requires_grad(a) for a in args)
-    names = _parameter_names(exercise)
-    intro = f'case "{case.name}" failed\n  inputs: {_describe_call(case, names)}\n '
-    try:
-        actual = _call_student(exercise, fn, args, kwargs)
-    except _StudentFailed as failure:
-        return f"{intro} {failure}"
-    changed = _changed_inputs(originals, (args, kwargs), names)
-    if changed:
-        return f"{intro} your function changed its input `{changed}` in place — work on new tensors"
-    problem = _compare(actual, expected, device)
-    if problem:
-        return f"{intro} {problem}{_diagnose(exercise, actual, ref_args, ref_kwargs, device)}"
-    if case.check_gradients:
-        problem = _compare_gradients(exercise, actual, args, ref_args, ref_kwargs, names)
-        if problem:
-            return f"{intro} {problem}"
-    return None
-
-
-def _call_student(exercise: Exercise, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    try:
-        forbidden = forbid(exercise.forbidden, exercise.forbidden_references, exercise.forbidden_operators)
-        with forbidden, _time_limit():
-            return fn(*args, **kwargs)
-    except ShortcutUsed as error:
-        raise _StudentFailed(str(error)) from None
-    except _Timeout:
-        raise _StudentFailed(
-            f"your function did not return within {CALL_TIMEOUT_SECONDS:g} s — is there a loop "
-            "that never ends?"
-        ) from None
-    except NotImplementedError as error:
-        frame = _student_frame(error)
-        if frame is not None and frame.name not in (exercise.name, "<lambda>"):
-            raise _StudentFailed(
-                f"your function calls `{frame.name}`, which still raises NotImplementedError — "
-                f"finish `{frame.name}` (and pass its check) first"
-            ) from None
-        raise _StudentFailed(
-            "your function still raises NotImplementedError — replace "
-            "`raise NotImplementedError()` with your code"
-        ) from None
-    except Exception as error:  # noqa: BLE001 - any exception of the student's is reported
-        raise _StudentFailed(
-            f"your function raised {type(error).__name__}: {error}{_where_student_failed(error)}"
-        ) from None
-
-
-def _compare(actual: Any, expected: torch.Tensor, device: torch.device) -> str | None:
-    if isinstance(actual, tuple):
-        return (
-            f"your function returned a tuple of {len(actual)} items; return only the tensor "
-            f"of shape {tuple(expected.shape)}"
-        )
-    if not isinstance(actual, torch.Tensor):
-        return (
-            f"expected a torch.Tensor of shape {tuple(expected.shape)}, got "
-            f"{type(actual).__name__}" + _TYPE_HINTS.get(type(actual).__name__, "")
-        )
-    if actual.shape != expected.shape:
-        return f"expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}"
-    if actual.device != expected.device:
-        return (
-            f"expected the result on {expected.device} (where the inputs are), got it on "
-            f"{actual.device} — create new tensors with device=<input>.device"
-        )
-    if actual.dtype != expected.dtype:
-        return (
-            f"expected dtype {expected.dtype} (the inputs' dtype), got {actual.dtype} — "
-            f"create new tensors with dtype=<input>.dtype"
-        )
-    return _compare_values(actual.detach(), expected.detach(), runtime.tolerance(expected.dtype, device))
-
-
-def _compare_values(actual: torch.Tensor, expected: torch.Tensor, tol: runtime.Tolerance) -> str | None:
-    if tol.close(actual, expected):
+def _called_helper(fn: Any, name: str) -> Callable[..., Any] | None:
+    """The student's own ``name`` that ``fn`` calls as a global of the notebook (or a variable of an
+    enclosing function), if any; ``x.name`` attributes do not count."""
+    target = fn.forward if inspect.isclass(fn) and hasattr(fn, "forward") else fn
+    code = getattr(target, "__code__", None)
+    if code is None:
         return None
-    bad_nan = torch.isnan(actual) & ~torch.isnan(expected)
-    if bad_nan.any():
-        return (
-            f"your result has NaN at {int(bad_nan.sum())} position(s) where the answer is a number, "
-            f"first at index {_index(bad_nan)}"
-        )
-    bad_inf = torch.isinf(actual) & ~torch.isinf(expected)
-    if bad_inf.any():
-        return f"your result has inf at {int(bad_inf.sum())} position(s), first at index {_index(bad_inf)}"
-    if torch.isnan(expected).any() and not torch.isnan(actual).any():
-        return "the answer has NaN here (the input has NaN); yours does not"
-    error = (actual.double() - expected.double()).abs().nan_to_num(0.0)
-    where = torch.unravel_index(error.argmax(), error.shape)
-    where = tuple(int(i) for i in where)
-    largest = error.max().item()
-    digits = 6 if largest > 1e-4 else 12  # enough digits for the two numbers to differ visibly
-    message = (
-        f"values differ: largest error {largest:.3g} at index {where} "
-        f"(expected {expected[where].item():.{digits}g}, got {actual[where].item():.{digits}g}; "
-        f"tolerance rtol={tol.rtol:g}, atol={tol.atol:g})"
-    )
-    if expected.dtype == torch.float64 and largest < 1e-4:
-        message += (
-            "\n  Hint: an error this small on float64 inputs is float32 rounding — is part of your "
-            "computation in float32 (a .float(), or a new tensor made without dtype=<input>.dtype)?"
-        )
-    return message
-
-
-def _compare_gradients(
-    exercise: Exercise,
-    actual: torch.Tensor,
-    student_args: tuple,
-    ref_args: tuple,
-    ref_kwargs: dict,
-    names: list[str],
-) -> str | None:
-    if actual.grad_fn is None:
-        return (
-            "your output is cut off from autograd (no gradient reaches the inputs) — avoid "
-            ".detach(), .numpy(), .item() and torch.tensor(...) on intermediate results"
-        )
-    ref_args = tuple(_requires_grad(a) for a in ref_args)
-    expected = exercise.reference(*ref_args, **ref_kwargs)
-    weights = torch.linspace(-1.0, 1.0, expected.numel(), dtype=expected.dtype, device=expected.device)
-    weights = weights.reshape(expected.shape)  # a fixed direction, so every entry matters
-    inputs = [a for a in student_args if isinstance(a, torch.Tensor) and a.requires_grad]
-    try:
-        with _time_limit():
-            student_grads = torch.autograd.grad((actual * weights).sum(), inputs, allow_unused=True)
-    except _Timeout:
-        return f"the backward pass did not finish within {CALL_TIMEOUT_SECONDS:g} s"
-    except Exception as error:  # noqa: BLE001
-        return f"the backward pass through your function raised {type(error).__name__}: {error}"
-    ref_inputs = [a for a in ref_args if isinstance(a, torch.Tensor) and a.requires_grad]
-    ref_grads = torch.autograd.grad((expected * weights).sum(), ref_inputs, allow_unused=True)
-    for name, mine, theirs in zip(names, student_grads, ref_grads):
-        if mine is None:
-            return (
-                f"no gradient reaches `{name}` through your function — does it, or a function it "
-                "calls, use .detach(), .numpy(), .item() or torch.tensor(...) on the way?"
-            )
-        problem = _compare_values(mine, theirs, runtime.tolerance(theirs.dtype, theirs.device))
-        if problem:
-            return f"the gradient with respect to `{name}` is wrong: {problem}"
-    return None
-
-
-def _diagnose(exercise: Exercise, actual: Any, args: tuple, kwargs: dict, device: torch.device) -> str:
-    if not isinstance(actual, torch.Tensor):
-        return ""
-    actual = actual.detach()
-    for mistake in exercise.mistakes:
-        try:
-            with _quiet():
-                wrong = mistake.function(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - a mistake that cannot run on this case does not match
-            continue
-        if not isinstance(wrong, torch.Tensor) or wrong.shape != actual.shape:
-            continue
-        if wrong.dtype == actual.dtype and wrong.device == actual.device:
-            tol = runtime.tolerance(actual.dtype, device)
-            if tol.close(actual, wrong.detach()):
-                return f"\n  This looks like a known mistake: {mistake.name}.\n  Hint: {mistake.hint}"
-    return ""
-
-
-def _run_behaviour(exercise: Exercise, fn: Any, behaviour: Behaviour, device: torch.device, seed: int):
-    def call(*args: Any, **kwargs: Any) -> Any:
-        result = _call_student(exercise, fn, args, kwargs)
-        if not isinstance(result, torch.Tensor):
-            raise _StudentFailed(f"expected a torch.Tensor, got {type(result).__name__}")
-        return result.detach()
-
-    try:
-        problem = behaviour.test(call, device, runtime.generator(seed + 1))
-    except _StudentFailed as failure:
-        problem = str(failure)
-    return f'behaviour "{behaviour.name}" failed\n  {problem}' if problem else None
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-class _Timeout(BaseException):
-    """Raised inside the student's function when its time is up (BaseException: not swallowed
-    by a student's ``except Exception``)."""
-
-
-@contextlib.contextmanager
-def _time_limit() -> Iterator[None]:
-    """Interrupt the block after CALL_TIMEOUT_SECONDS (SIGALRM; only in the main thread, on Unix)."""
-    seconds = CALL_TIMEOUT_SECONDS
-    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
-
-    def interrupt(signum, frame):  # noqa: ANN001
-        raise _Timeout()
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """No warnings and no stderr while checking: nbgrader zeroes a grade cell that writes there."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-
-
-# Advice for an exception, chosen by a pattern in the student's failing line or in the error.
-_EXCEPTION_HINTS = (
-    (re.compile(r"\.T\b"), "on a tensor with batch dimensions `.T` reverses *all* dimensions; "
-     "swap the last two with .transpose(-2, -1) or .mT"),
-    (re.compile(r"\.numpy\(|np\.|requires grad"),
-     "NumPy has no bfloat16, no GPU tensors and no gradients: stay in torch"),
-    (re.compile(r"leaf Variable that requires grad is being used in an in-place operation"),
-     "your function changes one of its inputs in place (`x -= ...`, `x.exp_()`): work on new tensors"),
-)
-
-
-def _student_frame(error: BaseException) -> traceback.FrameSummary | None:
-    """The innermost frame of the traceback that is the student's (not course_lib's or torch's)."""
-    frames = [
-        f for f in traceback.extract_tb(error.__traceback__)
-        if "course_lib" not in f.filename and "/torch/" not in f.filename
-    ]
-    return frames[-1] if frames else None
-
-
-def _where_student_failed(error: BaseException) -> str:
-    """' (line N of your code: `text`)', and advice where the line shows a known pitfall."""
-    frame = _student_frame(error)
-    if frame is None:
-        return ""
-    line = (frame.line or "").strip()
-    where = f" (line {frame.lineno} of your code" + (f": `{line}`)" if line else ")")
-    for pattern, hint in _EXCEPTION_HINTS:
-        if pattern.search(line) or pattern.search(str(error)):
-            return f"{where}\n  Hint: {hint}"
-    return where
+    loads = {(i.opname, i.argval) for i in dis.get_instructions(code)}
+    if ("LOAD_DEREF", name) in loads and name in code.co_freevars:
+        helper = target.__closure__[code.co_freevars.index(name)].cell_contents
+    elif ("LOAD_GLOBAL", name) in loads:
+        helper = target.__globals__.get(name)
+    else:
+        return None
+    return helper if callable(helper) and helper is not fn else None
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -415,9 +473,55 @@ def _requires_grad(value: Any) -> Any:
     return value
 
 
-def _changed_inputs(
-    originals: tuple[tuple, dict], current: tuple[tuple, dict], names: list[str]
-) -> str | None:
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor] | None, names: Mapping[str, str], device: torch.device) -> nn.Module:
+    """Copy ``state`` (by the reference's names; ``names`` maps to the module's own) into
+    ``module``, on ``device`` and in the state's dtype. ValueError says what does not fit."""
+    state = state or {}
+    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
+    own = dict(module.named_parameters())
+    wanted = {names.get(k, k): k for k in state}
+    missing = [n for n in wanted if n not in own]
+    if missing:
+        raise ValueError(f"your module has no parameter {', '.join(f'`{n}`' for n in missing)}; it should have "
+                         f"{', '.join(f'`{n}`' for n in wanted)} (found {', '.join(f'`{n}`' for n in own) or 'none'})")
+    extra = [n for n in own if n not in wanted]
+    if extra:
+        raise ValueError(f"your module has parameters the exercise does not ask for: "
+                         f"{', '.join(f'`{n}`' for n in extra)} (expected {', '.join(f'`{n}`' for n in wanted)})")
+    with torch.no_grad():
+        for own_name, ref_name in wanted.items():
+            if own[own_name].shape != state[ref_name].shape:
+                raise ValueError(f"your parameter `{own_name}` has shape {tuple(own[own_name].shape)}, expected "
+                                 f"{tuple(state[ref_name].shape)}")
+            own[own_name].copy_(state[ref_name])
+    return module
+
+
+def _float_leaves(result: Any) -> list[tuple[str, torch.Tensor]]:
+    return [(n, t) for n, t in flatten(result) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _gradients(result: Any, args: tuple, module: nn.Module | None, names: list[str], renamed: Mapping[str, str]) -> dict:
+    """Gradients of a fixed weighting of every output entry, with respect to the floating inputs and
+    (for modules) the parameters — named as the reference names them (``renamed``: the student's
+    parameter name -> the reference's) — so every entry of the output matters."""
+    loss = 0
+    for _, leaf in _float_leaves(result):
+        if leaf.grad_fn is None and not leaf.requires_grad:
+            continue
+        weights = torch.linspace(-1.0, 1.0, leaf.numel(), dtype=leaf.dtype, device=leaf.device).reshape(leaf.shape)
+        loss = loss + (leaf * weights).sum()
+    inputs = {n: a for n, a in zip(names, args) if isinstance(a, torch.Tensor) and a.requires_grad}
+    if module is not None:
+        inputs.update({f"parameter {renamed.get(n, n)}": p for n, p in module.named_parameters()})
+    if not isinstance(loss, torch.Tensor) or not inputs:
+        return dict.fromkeys(inputs)
+    grads = torch.autograd.grad(loss, list(inputs.values()), allow_unused=True)
+    return dict(zip(inputs, grads))
+
+
+def _changed_inputs(originals: tuple[tuple, dict], current: tuple[tuple, dict], names: list[str]) -> str | None:
     (old_args, old_kwargs), (new_args, new_kwargs) = originals, current
     pairs = list(zip(names, old_args, new_args))
     pairs += [(k, old_kwargs[k], new_kwargs[k]) for k in old_kwargs]
@@ -427,16 +531,15 @@ def _changed_inputs(
     return None
 
 
-def _parameter_names(exercise: Exercise) -> list[str]:
-    return list(inspect.signature(exercise.reference).parameters)
-
-
-def _index(mask: torch.Tensor) -> tuple[int, ...]:
-    return tuple(int(i) for i in mask.nonzero()[0])
+def _input_names(exercise: Exercise) -> list[str]:
+    target = exercise.reference.forward if exercise.module else exercise.reference
+    names = list(inspect.signature(target).parameters)
+    return names[1:] if exercise.module else names  # forward's self
 
 
 def _describe_call(case: Case, names: list[str]) -> str:
-    parts = [f"{name}={_describe(v)}" for name, v in zip(names, case.args)]
+    parts = [f"{k}={v!r}" for k, v in (case.init or {}).items()]
+    parts += [f"{name}={_describe(v)}" for name, v in zip(names, case.args)]
     parts += [f"{k}={_describe(v)}" for k, v in case.kwargs.items()]
     return ", ".join(parts)
 
@@ -446,4 +549,6 @@ def _describe(value: Any) -> str:
         if value.numel() <= _MAX_MESSAGE_VALUES:
             return f"tensor({value.tolist()}, dtype={value.dtype})"
         return f"{tuple(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_describe(v) for v in value) + ")"
     return repr(value)

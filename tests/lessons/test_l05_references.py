@@ -1,14 +1,20 @@
-"""The references of course_lib.attention, held against torch.nn.functional.scaled_dot_product_attention."""
+"""The references of course_lib.attention, held against torch.nn.functional.scaled_dot_product_attention,
+on the CPU and, where there is one, on a CUDA GPU (where PyTorch's backend is pinned to its math
+path: its default cuDNN backend does not give zeros for a fully masked row)."""
 
+import contextlib
 import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from course_lib import runtime
 from course_lib.attention import attention_weights, scaled_dot_product_attention, softmax
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 SHAPES = [  # (batch dims, L, S, E, Ev)
     ((), 1, 1, 1, 1),
@@ -21,13 +27,20 @@ SHAPES = [  # (batch dims, L, S, E, Ev)
 DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 
 
-def _qkv(batch, L, S, E, Ev, dtype, seed=0):
+def _qkv(batch, L, S, E, Ev, dtype, seed=0, device="cpu"):
     gen = runtime.generator(seed)
     return (
-        runtime.randn(*batch, L, E, gen=gen, dtype=dtype),
-        runtime.randn(*batch, S, E, gen=gen, dtype=dtype),
-        runtime.randn(*batch, S, Ev, gen=gen, dtype=dtype),
+        runtime.randn(*batch, L, E, gen=gen, dtype=dtype, device=device),
+        runtime.randn(*batch, S, E, gen=gen, dtype=dtype, device=device),
+        runtime.randn(*batch, S, Ev, gen=gen, dtype=dtype, device=device),
     )
+
+
+def pytorch_sdpa(q, k, v, **options):
+    """PyTorch's SDPA; on CUDA its math backend, which gives zeros for a fully masked row."""
+    pinned = sdpa_kernel(SDPBackend.MATH) if q.device.type == "cuda" else contextlib.nullcontext()
+    with pinned:
+        return F.scaled_dot_product_attention(q, k, v, **options)
 
 
 def _masks(batch, L, S, dtype, seed=0):
@@ -48,33 +61,82 @@ def _masks(batch, L, S, dtype, seed=0):
     }
 
 
-def _tol(dtype):
-    return runtime.tolerance(dtype)
+def _tol(dtype, device="cpu"):
+    return runtime.tolerance(dtype, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
 @pytest.mark.parametrize("mask_name", ["none", "bool", "bool with an empty row", "bool broadcast (1, S)", "float", "float with -inf"])
-def test_sdpa_matches_torch_with_masks(shape, dtype, mask_name):
+def test_sdpa_matches_torch_with_masks(shape, dtype, mask_name, device):
     batch, L, S, E, Ev = shape
-    q, k, v = _qkv(batch, L, S, E, Ev, dtype)
+    q, k, v = _qkv(batch, L, S, E, Ev, dtype, device=device)
     mask = _masks(batch, L, S, dtype)[mask_name]
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    mask = mask.to(device) if mask is not None else None
+    expected = pytorch_sdpa(q, k, v, attn_mask=mask)
     actual = scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert actual.shape == expected.shape and actual.dtype == dtype
-    tol = _tol(dtype)
+    tol = _tol(dtype, device)
     torch.testing.assert_close(actual, expected, rtol=tol.rtol, atol=tol.atol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape,dtype", list(itertools.product(SHAPES, DTYPES)))
-@pytest.mark.parametrize("scale", [None, 0.3, 2.0])
-def test_sdpa_matches_torch_causal_and_scale(shape, dtype, scale):
+@pytest.mark.parametrize("scale", [None, 0.3, 2.0, 0.0, -0.5])
+def test_sdpa_matches_torch_causal_and_scale(shape, dtype, scale, device):
     batch, L, S, E, Ev = shape
-    q, k, v = _qkv(batch, L, S, E, Ev, dtype, seed=1)
+    q, k, v = _qkv(batch, L, S, E, Ev, dtype, seed=1, device=device)
     for is_causal in (False, True):
-        expected = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
+        expected = pytorch_sdpa(q, k, v, is_causal=is_causal, scale=scale)
         actual = scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
-        tol = _tol(dtype)
+        tol = _tol(dtype, device)
         torch.testing.assert_close(actual, expected, rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float16_scores_beyond_65504_stay_finite_as_in_pytorch(device):
+    """Does a raw q·k above float16's largest number (65504) break the reference where PyTorch is
+    fine? q and k are scaled by √scale before the product, as PyTorch's math path does."""
+    q = torch.full((1, 2, 64), 40.0, dtype=torch.float16, device=device)  # raw q·k = 102400
+    k = torch.full((1, 3, 64), 40.0, dtype=torch.float16, device=device)
+    v = runtime.randn(1, 3, 4, gen=runtime.generator(0), dtype=torch.float16, device=device)
+    ours = scaled_dot_product_attention(q, k, v)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, pytorch_sdpa(q, k, v), rtol=5e-3, atol=5e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_float32_mask_is_accepted_with_other_dtypes_as_pytorch_does(dtype, device):
+    q, k, v = _qkv((2,), 4, 5, 8, 3, dtype, device=device)
+    bias = runtime.randn(4, 5, gen=runtime.generator(3), device=device)  # float32
+    ours = scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    assert ours.dtype == dtype
+    tol = _tol(dtype, device)
+    torch.testing.assert_close(ours, pytorch_sdpa(q, k, v, attn_mask=bias), rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize(
+    "q_batch,mask_shape",
+    [((2,), (7, 1, 4, 5)), ((2,), (1, 1, 4, 5)), ((), (1, 4, 5)), ((2, 3), (1, 2, 1, 4, 5)), ((2, 3), (7, 1, 4, 5))],
+)
+def test_a_mask_that_adds_dimensions_is_rejected_as_pytorch_does(q_batch, mask_shape):
+    q, k, v = _qkv(q_batch, 4, 5, 8, 3, torch.float32)
+    mask = torch.ones(mask_shape, dtype=torch.bool)
+    with pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with pytest.raises(ValueError, match="must broadcast to the scores' shape"):
+        scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.float16, torch.bfloat16, torch.float64, torch.int64])
+def test_other_mask_dtypes_are_rejected_as_pytorch_does(mask_dtype):
+    q, k, v = _qkv((2,), 4, 5, 8, 3, torch.float32)
+    mask = torch.zeros(4, 5, dtype=mask_dtype)
+    with pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with pytest.raises(TypeError, match="attn_mask must be boolean"):
+        scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def test_causal_is_top_left_when_L_differs_from_S():
@@ -156,7 +218,7 @@ def test_default_scale_is_one_over_sqrt_e():
         (lambda q, k, v: scaled_dot_product_attention(q, k, v.double()), TypeError, "dtype"),
         (lambda q, k, v: scaled_dot_product_attention(q.long(), k, v), TypeError, "floating-point"),
         (lambda q, k, v: scaled_dot_product_attention(q.numpy(), k, v), TypeError, "torch.Tensor"),
-        (lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(4, 4, dtype=torch.bool)), ValueError, "broadcast to (..., L, S)"),
+        (lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(4, 4, dtype=torch.bool)), ValueError, "broadcast to the scores' shape (..., L, S)"),
         (lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(3, 5, dtype=torch.int64)), TypeError, "boolean"),
         (lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(3, 5, dtype=torch.bool), is_causal=True), ValueError, "not both"),
         (lambda q, k, v: scaled_dot_product_attention(q, k, v, is_causal="yes"), TypeError, "is_causal"),

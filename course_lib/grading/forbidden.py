@@ -1,0 +1,51 @@
+"""Sets of shortcuts that several lessons refuse, each a ``Forbidden`` that composes with ``|``.
+
+A lesson's exercise lists the sets that would be its answer, e.g. ``SOFTMAX_ROUTES | PYTORCH_SDPA``
+for a softmax (attention contains one), and adds its own course_lib references.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from course_lib.shortcuts import Forbidden
+
+_SDPA = "it is PyTorch's scaled dot-product attention"
+
+# PyTorch's SDPA, as a function and as the ATen operators behind it (called through torch.ops.aten).
+# _safe_softmax is private to SDPA's math path: a student's own softmax never reaches it.
+PYTORCH_SDPA = Forbidden(
+    functions={F.scaled_dot_product_attention: _SDPA},
+    operators={
+        name: _SDPA
+        for name in (
+            "scaled_dot_product_attention",
+            "_scaled_dot_product_attention_math",
+            "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_efficient_attention",
+            "_scaled_dot_product_cudnn_attention",
+            "_scaled_dot_product_fused_attention_overrideable",
+            "_safe_softmax",
+        )
+    },
+)
+
+# Every route to a softmax that PyTorch offers: the functions, the methods, and their ATen operators.
+SOFTMAX_ROUTES = Forbidden(
+    functions={
+        torch.softmax: "it is softmax",
+        F.softmax: "it is softmax",
+        torch.Tensor.softmax: "it is softmax",
+        torch.special.softmax: "it is softmax",
+        torch._softmax: "it is softmax",
+        torch.log_softmax: "exp(log_softmax) is softmax",
+        F.log_softmax: "exp(log_softmax) is softmax",
+        torch.Tensor.log_softmax: "exp(log_softmax) is softmax",
+        torch.special.log_softmax: "exp(log_softmax) is softmax",
+        F.gumbel_softmax: "it is a softmax",
+        F.softmin: "softmin(-x) is softmax",
+    },
+    operators={"_softmax": "it is softmax", "_log_softmax": "exp(log_softmax) is softmax"},
+)
