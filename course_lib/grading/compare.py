@@ -66,6 +66,8 @@ def compare_trees(
     mismatch = _compare_structure(actual, expected, names)
     if mismatch:
         return mismatch
+    if not isinstance(expected, (tuple, list, dict)):
+        return compare_leaf(actual, expected, device, tolerances)
     for (name, mine), (_, theirs) in zip(flatten(actual, names), flatten(expected, names)):
         problem = compare_leaf(mine, theirs, device, tolerances)
         if problem:

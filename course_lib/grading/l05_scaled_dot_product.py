@@ -112,7 +112,7 @@ SOFTMAX_MISTAKES = (
         variant(softmax_variant, over="first"),
     ),
     Mistake(
-        "the max is taken over the whole tensor, not along `dim`",
+        "the max is taken over the whole tensor, not along `dim` (and an all -inf row gives NaN)",
         "a row far below the overall maximum underflows to exp(...) = 0 and gives 0/0; subtract "
         "each row's own max: x.amax(dim=dim, keepdim=True)",
         variant(softmax_variant, shift="all", empty_rows="nan"),
