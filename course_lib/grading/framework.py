@@ -241,13 +241,18 @@ class Exercise:
 
     def expected(self, case: Case, device: torch.device, *, with_grad: bool = False) -> tuple[Any, tuple, Any]:
         """The reference's result for ``case`` on ``device``: (result, inputs, module or None)."""
+        return self._result_of(self.reference, case, device, with_grad)
+
+    def _result_of(self, implementation: Callable[..., Any], case: Case, device: torch.device,
+                   with_grad: bool) -> tuple[Any, tuple, Any]:
+        """What a trusted implementation (the reference or a mistake) gives for ``case``."""
         args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
         if with_grad:
             args = tuple(_requires_grad(a) for a in args)
         if self.module:
-            module = _load_state(self.reference(**case.init), case.state, {}, device)
+            module = _load_state(implementation(**case.init), case.state, {}, device)
             return module(*args, **kwargs), args, module
-        return self.reference(*args, **kwargs), args, None
+        return implementation(*args, **kwargs), args, None
 
     # -- the steps --
 
@@ -325,6 +330,7 @@ class Exercise:
         return call_student(self.name, module, args, kwargs, self.forbidden, self.timeout_s), module
 
     def _run_case(self, fn: Any, case: Case, device: torch.device) -> Failure | None:
+        """Call the student's code on ``case`` (and take its gradients), then ``judge`` the result."""
         args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
         originals = _to_device(args, device), _to_device(kwargs, device)  # copies to compare with
         if case.check_gradients:
@@ -338,31 +344,70 @@ class Exercise:
         changed = _changed_inputs(originals, (args, kwargs), names)
         if changed:
             return fail("in_place", f"your function changed its input `{changed}` in place — work on new tensors")
+        gradients = None
+        if case.check_gradients and not self._values_differ(case, actual, device):
+            if not any(t.grad_fn is not None for _, t in _float_leaves(actual)):
+                return fail("gradient", "your output is cut off from autograd (no gradient reaches the inputs) — "
+                            "avoid .detach(), .numpy(), .item() and torch.tensor(...) on intermediate results")
+            renamed = {v: k for k, v in self.module.parameter_names.items()} if self.module else {}
+            seconds = self.timeout_s or student_code.CALL_TIMEOUT_SECONDS
+            try:
+                with time_limit(seconds):
+                    gradients = _gradients(actual, args, module, names, renamed)
+            except student_code.Timeout:
+                return fail("timeout", f"the backward pass did not finish within {seconds:g} s")
+            except Exception as error:  # noqa: BLE001
+                return fail("gradient", f"the backward pass through your function raised {type(error).__name__}: {error}")
+        return self.judge(case, actual, device, gradients)
+
+    def judge(self, case: Case, result: Any, device: torch.device, gradients: dict | None = None) -> Failure | None:
+        """The verdict on a student's ``result`` for ``case`` (and, for a gradient case, its
+        ``gradients`` by input name), against the reference run here: plain tensors in, so a process
+        that never ran the student's code can judge what came back from it."""
+        fail = functools.partial(Failure, self.name, case=case.name, inputs=_describe_call(case, _input_names(self)))
         expected, ref_args, ref_module = self.expected(case, device, with_grad=case.check_gradients)
-        mismatch = compare_trees(actual, expected, device, dict(self.tolerances), self.output_names)
+        mismatch = compare_trees(result, expected, device, self._tolerances, self.output_names)
         if mismatch:
             mistake = self._matching_mistake(
-                lambda m: close_trees(actual, self._mistake_result(m, case, device)[0], device, dict(self.tolerances))
+                lambda m: close_trees(result, self._result_of(m.function, case, device, False)[0], device, self._tolerances)
             )
             return self._failure(fail, mismatch, mistake)
-        if case.check_gradients:
-            return self._compare_gradients(fail, case, actual, args, module, expected, ref_args, ref_module, device)
+        if not case.check_gradients:
+            return None
+        gradients = gradients or {}
+        names = _input_names(self)
+        for name, grad in _gradients(expected, ref_args, ref_module, names, {}).items():
+            if gradients.get(name) is None:
+                return fail("gradient", f"no gradient reaches `{name}` through your function — does it, or a function "
+                            "it calls, use .detach(), .numpy(), .item() or torch.tensor(...) on the way?")
+            mismatch = compare_values(gradients[name], grad, tolerance_for(grad.dtype, device, self._tolerances))
+            if mismatch:
+                def same_mistake(mistake: Mistake) -> bool:  # the same outputs and the same gradient
+                    wrong, m_args, m_module = self._result_of(mistake.function, case, device, True)
+                    if not close_trees(result, wrong, device, self._tolerances):
+                        return False
+                    wrong_grad = _gradients(wrong, m_args, m_module, names, {}).get(name)
+                    return wrong_grad is not None and compare_values(
+                        gradients[name], wrong_grad, tolerance_for(grad.dtype, device, self._tolerances)) is None
+
+                problem = f"the gradient with respect to `{name}` is wrong: {mismatch.problem}"
+                mismatch = Mismatch("gradient", problem, None, mismatch.largest_error)
+                return self._failure(fail, mismatch, self._matching_mistake(same_mistake))
         return None
+
+    @property
+    def _tolerances(self) -> dict:
+        return dict(self.tolerances)
+
+    def _values_differ(self, case: Case, result: Any, device: torch.device) -> bool:
+        expected, _, _ = self.expected(case, device)
+        return compare_trees(result, expected, device, self._tolerances, self.output_names) is not None
 
     def _failure(self, fail: Callable[..., Failure], mismatch: Mismatch, mistake: Mistake | None) -> Failure:
         return fail(
             mismatch.kind, mismatch.problem, leaf=mismatch.leaf, largest_error=mismatch.largest_error,
             mistake=mistake.name if mistake else None, hint=mistake.hint if mistake else None,
         )
-
-    def _mistake_result(self, mistake: Mistake, case: Case, device: torch.device, with_grad: bool = False) -> Any:
-        args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
-        if with_grad:
-            args = tuple(_requires_grad(a) for a in args)
-        if self.module:
-            module = _load_state(mistake.function(**case.init), case.state, {}, device)
-            return module(*args, **kwargs), args, module
-        return mistake.function(*args, **kwargs), args, None
 
     def _matching_mistake(self, matches: Callable[[Mistake], bool]) -> Mistake | None:
         for mistake in self.mistakes:
@@ -372,39 +417,6 @@ class Exercise:
                         return mistake
             except Exception:  # noqa: BLE001 - a mistake that cannot run on this case does not match
                 continue
-        return None
-
-    def _compare_gradients(self, fail, case, actual, args, module, expected, ref_args, ref_module, device):  # noqa: ANN001, PLR0913
-        if not any(t.grad_fn is not None for _, t in _float_leaves(actual)):
-            return fail("gradient", "your output is cut off from autograd (no gradient reaches the inputs) — avoid "
-                        ".detach(), .numpy(), .item() and torch.tensor(...) on intermediate results")
-        names = _input_names(self)
-        renamed = {v: k for k, v in self.module.parameter_names.items()} if self.module else {}
-        seconds = self.timeout_s or student_code.CALL_TIMEOUT_SECONDS
-        try:
-            with time_limit(seconds):
-                mine = _gradients(actual, args, module, names, renamed)
-        except student_code.Timeout:
-            return fail("timeout", f"the backward pass did not finish within {seconds:g} s")
-        except Exception as error:  # noqa: BLE001
-            return fail("gradient", f"the backward pass through your function raised {type(error).__name__}: {error}")
-        theirs = _gradients(expected, ref_args, ref_module, names, {})
-        for name, grad in theirs.items():
-            if mine.get(name) is None:
-                return fail("gradient", f"no gradient reaches `{name}` through your function — does it, or a function "
-                            "it calls, use .detach(), .numpy(), .item() or torch.tensor(...) on the way?")
-            mismatch = compare_values(mine[name], grad, tolerance_for(grad.dtype, device, dict(self.tolerances)))
-            if mismatch:
-                def same_gradients(mistake: Mistake) -> bool:  # and the same outputs
-                    result, m_args, m_module = self._mistake_result(mistake, case, device, with_grad=True)
-                    if not close_trees(actual, result, device, dict(self.tolerances)):
-                        return False
-                    wrong = _gradients(result, m_args, m_module, names, {})
-                    return wrong.get(name) is not None and compare_values(
-                        mine[name], wrong[name], tolerance_for(grad.dtype, device, dict(self.tolerances))) is None
-                mistake = self._matching_mistake(same_gradients)
-                problem = f"the gradient with respect to `{name}` is wrong: {mismatch.problem}"
-                return self._failure(fail, Mismatch("gradient", problem, None, mismatch.largest_error), mistake)
         return None
 
     def _run_behaviour(self, fn: Any, behaviour: Behaviour, device: torch.device, seed: int) -> Failure | None:
