@@ -2,36 +2,46 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+# Install stamps, remade when pyproject.toml changes (a torch already in the venv is kept):
+# course_lib with the [lab] extra (JupyterLab, nbgrader), and with [lab,dev] (pytest too).
+LAB_INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-dev
 export PATH := $(abspath $(BIN)):$(PATH)
 # JupyterLab refuses to start as root (containers, some cloud machines) unless told it may.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# lab_config/ hides nbgrader's instructor tools (Formgrader, Create Assignment) from students, for
+# this JupyterLab only: nothing in the environment is changed. Instructors run `jupyter lab` without it.
+LAB_CONFIG_PATH := $(abspath lab_config)$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))
 
 .PHONY: lab test release clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalled only when pyproject.toml changes. A torch already in the venv is kept.
-$(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e ".[dev]"
+$(LAB_INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[lab]"
 	touch $@
+
+# [lab,dev] includes [lab]: its stamp is renewed too.
+$(TEST_INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[lab,dev]"
+	touch $@ $(LAB_INSTALLED)
 
 # Students work in work/, a copy of notebooks/: each lesson is copied once, never overwritten,
 # so `git pull` and `make release` leave answers alone.
-lab: $(INSTALLED)
+lab: $(LAB_INSTALLED)
 	@mkdir -p work
 	@for lesson in notebooks/*/; do \
 		name=$$(basename "$$lesson"); \
 		if [ ! -e "work/$$name" ]; then cp -R "$$lesson" "work/$$name"; echo "copied $$name into work/"; fi; \
 	done
-	$(BIN)/jupyter lab work $(ROOT_FLAG) $(LAB_ARGS)
+	JUPYTER_CONFIG_PATH="$(LAB_CONFIG_PATH)" $(BIN)/jupyter lab work $(ROOT_FLAG) $(LAB_ARGS)
 
-test: $(INSTALLED)
+test: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest
 
 # Regenerate every release notebook from its solution with nbgrader.
-release: $(INSTALLED)
+release: $(LAB_INSTALLED)
 	@for lesson in solutions/*/; do \
 		$(BIN)/nbgrader generate_assignment "$$(basename "$$lesson")" --force || exit 1; \
 	done

@@ -1,6 +1,7 @@
 """A student's first session, in a real browser: `make lab` copies the lessons into work/ and starts
 JupyterLab; the student opens lesson 05, has written exercise 1 but not yet exercise 2, runs all
-cells, reads what the checks say, and moves the d_k slider.
+cells, reads what the checks say, and moves the d_k slider. nbgrader's student tools (Validate, the
+Assignment List) are there; its instructor tools (Formgrader, Create Assignment) are not.
 
 Needs Debian's chromium (/usr/bin/chromium) and PyPI's playwright; skipped when either is missing.
 `make lab` runs in a copy of the course, so a real work/ folder is never touched.
@@ -8,21 +9,30 @@ Needs Debian's chromium (/usr/bin/chromium) and PyPI's playwright; skipped when 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from nbgrader_course import REPO, SOLUTIONS, nbgrader_meta, notebook_path, without_solution_markers
-
+nbformat = pytest.importorskip("nbformat", reason="needs nbformat (the [lab] extra)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright")
+
+from nbgrader_course import (  # noqa: E402 - after the skips above
+    REPO,
+    SOLUTIONS,
+    nbgrader_meta,
+    notebook_path,
+    without_solution_markers,
+)
+
 CHROMIUM = Path("/usr/bin/chromium")
 LESSON = "05_scaled_dot_product"
 ENV_STAMP = Path(sys.prefix) / ".installed"  # written by the Makefile's install step
@@ -65,6 +75,7 @@ def lab(tmp_path_factory):
     for name in ("Makefile", "pyproject.toml", "README.md", "nbgrader_config.py"):
         shutil.copy2(REPO / name, root / name)  # copy2 keeps mtimes: make sees nothing to reinstall
     shutil.copytree(REPO / "notebooks", root / "notebooks")
+    shutil.copytree(REPO / "lab_config", root / "lab_config")
     (root / ".venv").symlink_to(sys.prefix)
     settings = root / "lab-settings" / "@jupyterlab"
     for extension, name, values in (
@@ -97,6 +108,46 @@ def test_make_lab_copies_the_lessons_once(lab):
     copied.write_text(copied.read_text().replace("Scaled dot-product", "My edited copy of"))
     subprocess.run(["make", "-s", "lab", "LAB_ARGS=--version"], cwd=root, check=True, capture_output=True)
     assert "My edited copy of" in copied.read_text()  # a second `make lab` keeps the student's work
+
+
+def test_the_instructor_s_server_pages_are_not_served_but_the_student_s_are(lab):
+    _, url = lab
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/formgrader", timeout=30)
+    assert refused.value.code == 404
+    # The Assignment List's server side answers (here: that no exchange is set up).
+    with urllib.request.urlopen(f"{url}/assignments?course_id=attention-course", timeout=30) as response:
+        assert "success" in json.loads(response.read())
+
+
+def test_a_student_sees_validate_and_assignments_but_no_instructor_tools(lab):
+    """Would a student find Formgrader or Create Assignment anywhere in `make lab`'s JupyterLab?"""
+    _, url = lab
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{url}/lab/tree/{LESSON}/{LESSON}.ipynb")
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+            page.locator(".jp-NotebookPanel-toolbar").get_by_text("Validate", exact=True).wait_for(timeout=30_000)
+            sidebar_tabs = page.locator(".jp-SideBar .lm-TabBar-tab")
+            sidebar_tabs.first.wait_for(timeout=30_000)
+            titles = [tab.get_attribute("title") or "" for tab in sidebar_tabs.all()]
+            assert titles and not [t for t in titles if "Create Assignment" in t], titles
+
+            page.get_by_role("menuitem", name="Nbgrader", exact=True).click()
+            entries = page.locator(".lm-Menu .lm-Menu-item:visible .lm-Menu-itemLabel")
+            entries.first.wait_for(timeout=10_000)
+            labels = entries.all_inner_texts()
+            assert "Assignment List" in labels, labels
+            assert not [label for label in labels if "Formgrader" in label or "Create" in label], labels
+            page.get_by_role("menuitem", name="Assignment List", exact=True).click()
+            page.locator(".lm-TabBar-tab", has_text="Assignments").wait_for(timeout=30_000)
+        except Exception:
+            page.screenshot(path=str(REPO / "build" / "browser-nbgrader-failure.png"), full_page=False)
+            raise
+        finally:
+            browser.close()
 
 
 def _write_first_exercise(path: Path) -> None:
