@@ -26,3 +26,11 @@ c.FileNameCollectorPlugin.named_regexp = (
 _env_bin = os.path.dirname(sys.executable)
 if _env_bin not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _env_bin + os.pathsep + os.environ.get("PATH", "")
+
+# Before autograde starts: stop with a clear error where this machine lacks what the assignment's
+# exercises need (never silent full or zero points), and run Triton kernels in Triton's CPU
+# interpreter where there is no GPU, so a kernel gets the same grade on CPU and GPU.
+if sys.argv[1:2] == ["autograde"]:
+    from course_lib.grading.machine import exercises_of, prepare_grading_machine
+
+    prepare_grading_machine(exercises_of(a for a in sys.argv[2:] if not a.startswith("-")))

@@ -167,17 +167,17 @@ def test_a_correct_submission_gets_full_marks_alone_and_in_the_batch(course):
 def test_an_untouched_release_gets_zero_and_every_check_says_why(course):
     errors = _errors(course, "cleo")
     assert set(errors) == set(course.points)
-    assert all(e.startswith("AssertionError") and "NotImplementedError" in e for e in errors.values()), errors
+    assert all(e.startswith("CheckFailed") and "NotImplementedError" in e for e in errors.values()), errors
 
 
 def test_a_wrong_exercise_loses_its_own_points_with_the_check_s_message(course):
     error = _errors(course, "dan")["check_attention_weights"]
-    assert error.startswith("AssertionError: check_attention_weights"), error
+    assert error.startswith("CheckFailed: check_attention_weights"), error
 
 
 def test_a_function_that_never_returns_is_stopped_by_its_check(course):
     error = _errors(course, "ben")["check_attention_weights"]
-    assert error.startswith("AssertionError") and "did not return within" in error, error
+    assert error.startswith("CheckFailed") and "did not return within" in error, error
 
 
 def test_a_kernel_that_dies_fails_only_its_own_notebook(course):
