@@ -1,7 +1,7 @@
 """A student's first session, in a real browser: `make lab` copies the lessons into work/ and starts
 JupyterLab; the student opens lesson 05, has written exercise 1 but not yet exercise 2, runs all
 cells, reads what the checks say, and moves the d_k slider. nbgrader's student tools (Validate, the
-Assignment List) are there; its instructor tools (Formgrader, Create Assignment) are not.
+Assignment List) are there; its instructor tools (Formgrader, Create Assignment, Course List) are not.
 
 Needs Debian's chromium (/usr/bin/chromium) and PyPI's playwright; skipped when either is missing.
 `make lab` runs in a copy of the course, so a real work/ folder is never touched.
@@ -121,7 +121,7 @@ def test_the_instructor_s_server_pages_are_not_served_but_the_student_s_are(lab)
 
 
 def test_a_student_sees_validate_and_assignments_but_no_instructor_tools(lab):
-    """Would a student find Formgrader or Create Assignment anywhere in `make lab`'s JupyterLab?"""
+    """Would a student find Formgrader, Create Assignment or the Course List in `make lab`'s JupyterLab?"""
     _, url = lab
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
@@ -140,7 +140,7 @@ def test_a_student_sees_validate_and_assignments_but_no_instructor_tools(lab):
             entries.first.wait_for(timeout=10_000)
             labels = entries.all_inner_texts()
             assert "Assignment List" in labels, labels
-            assert not [label for label in labels if "Formgrader" in label or "Create" in label], labels
+            assert not [label for label in labels if any(w in label for w in ("Formgrader", "Create", "Course List"))], labels
             page.get_by_role("menuitem", name="Assignment List", exact=True).click()
             page.locator(".lm-TabBar-tab", has_text="Assignments").wait_for(timeout=30_000)
         except Exception:

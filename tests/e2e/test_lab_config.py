@@ -1,5 +1,5 @@
 """`make lab` hides nbgrader's instructor tools from students: it points JUPYTER_CONFIG_PATH at
-lab_config/, which disables the Formgrader and Create Assignment (lab plugins, and Formgrader's
+lab_config/, which disables the Formgrader, Create Assignment and Course List (lab plugins, and Formgrader's
 server extension) and leaves Validate and the Assignments list alone.
 
 Fast: the lab and server configuration as JupyterLab and Jupyter Server themselves resolve it,
@@ -23,9 +23,10 @@ paths = pytest.importorskip("jupyter_core.paths")
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CONFIG = REPO / "lab_config"
-HIDDEN_PLUGINS = {"@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment"}
+# The Course List is an instructor's list of the courses they teach, with links into Formgrader.
+HIDDEN_PLUGINS = {"@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment", "@jupyter/nbgrader:course-list"}
 KEPT_PLUGINS = {"@jupyter/nbgrader:validate-assignment", "@jupyter/nbgrader:assignment-list"}
-HIDDEN_SERVER_EXTENSIONS = {"nbgrader.server_extensions.formgrader"}
+HIDDEN_SERVER_EXTENSIONS = {"nbgrader.server_extensions.formgrader", "nbgrader.server_extensions.course_list"}
 KEPT_SERVER_EXTENSIONS = {
     "nbgrader.server_extensions.validate_assignment",
     "nbgrader.server_extensions.assignment_list",
