@@ -146,6 +146,7 @@ class Failure:
     mistake: str | None = None
     hint: str | None = None
     blamed: str | None = None  # an earlier graded function, called by this one, that fails its own check
+    detail: str | None = None  # the blamed function's own failure message
     behaviour: str | None = None
 
     @property
@@ -306,12 +307,17 @@ class Exercise:
             with contextlib.redirect_stdout(io.StringIO()):
                 failure, _, _ = earlier._verdict(helper, hidden, seed)
             if failure:
-                inner = failure.message.replace("\n", "\n  ")
+                if failure.kind == "dependency":  # the earlier function's own helper is to blame
+                    blamed, detail = failure.blamed, failure.detail
+                    via = f", which your `{earlier.name}` calls,"
+                else:
+                    blamed, detail, via = earlier.name, failure.message, ""
+                thing = "class" if self.module else "function"
                 return Failure(
                     self.name, "dependency",
-                    f"your `{earlier.name}`, which this {'class' if self.module else 'function'} calls, fails its "
-                    f"own check — fix it first (run check_{earlier.name}({earlier.name}) to see it alone):\n  {inner}",
-                    case=failure.case, mistake=failure.mistake, hint=None, blamed=earlier.name,
+                    f"your `{blamed}`{via or f', which this {thing} calls,'} fails its own check — fix it first "
+                    f"(run check_{blamed}({blamed}) to see it alone):\n  " + detail.replace("\n", "\n  "),
+                    case=failure.case, mistake=failure.mistake, blamed=blamed, detail=detail,
                 )
         return None
 

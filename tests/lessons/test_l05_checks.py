@@ -337,7 +337,7 @@ def test_a_wrong_softmax_is_blamed_in_the_functions_that_call_it(check):
     """When `softmax` hard-codes dim=0 and the functions that call it are right, is `softmax` blamed?"""
     cell = _notebook(SOFTMAX_WITH_DIM_0)
     failure = _fails(check, cell[check.__name__.removeprefix("check_")], "your `softmax`", "fails its own check").failure
-    assert failure.kind == "dependency"
+    assert failure.kind == "dependency" and failure.blamed == "softmax"  # also through attention_weights
     assert failure.mistake == "ignores `dim` and always normalises along the first axis (dim=0 written in)"
     assert "softmax over the query axis" not in failure.message
 
