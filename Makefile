@@ -9,11 +9,11 @@ TEST_INSTALLED := $(VENV)/.installed-dev
 export PATH := $(abspath $(BIN)):$(PATH)
 # JupyterLab refuses to start as root (containers, some cloud machines) unless told it may.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
-# lab_config/ hides nbgrader's instructor tools (Formgrader, Create Assignment) from students, for
+# lab_config/ hides nbgrader's instructor tools (Formgrader, Create Assignment, Course List) from students, for
 # this JupyterLab only: nothing in the environment is changed. Instructors run `jupyter lab` without it.
 LAB_CONFIG_PATH := $(abspath lab_config)$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))
 
-.PHONY: lab test release clean
+.PHONY: lab test release bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ release: $(LAB_INSTALLED)
 	@for lesson in solutions/*/; do \
 		$(BIN)/nbgrader generate_assignment "$$(basename "$$lesson")" --force || exit 1; \
 	done
+
+# Benchmarks (course_lib/bench/): ratios printed, results saved under bench_results/.
+# `make bench BENCH=name` runs one; COURSE_DEVICE=cpu|cuda chooses the device.
+bench: $(TEST_INSTALLED)
+	$(BIN)/python -m course_lib.bench $(BENCH)
 
 # Never removes gradebook.db: it holds the grades.
 clean:
