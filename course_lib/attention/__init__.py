@@ -1,9 +1,28 @@
 """The attention family, one module per mechanism, all importable from here (DESIGN.md §4).
 
 * ``sdpa`` — softmax, attention weights and scaled dot-product attention (lesson 05);
-  the mechanisms to come (multi-head, sliding window, flash) build on it.
+* ``sliding_window`` — banded O(L·w) attention, its mask, Mistral's rolling-buffer KV cache (lesson 07);
+  the mechanisms to come (multi-head, flash) build on them.
 """
 
 from course_lib.attention.sdpa import attention_weights, scaled_dot_product_attention, softmax
+from course_lib.attention.sliding_window import (
+    RollingKVCache,
+    decode_step,
+    dense_window_mask,
+    rolling_buffer_update,
+    sliding_window_attention,
+    sliding_window_mask,
+)
 
-__all__ = ["softmax", "attention_weights", "scaled_dot_product_attention"]
+__all__ = [
+    "softmax",
+    "attention_weights",
+    "scaled_dot_product_attention",
+    "sliding_window_attention",
+    "sliding_window_mask",
+    "dense_window_mask",
+    "rolling_buffer_update",
+    "RollingKVCache",
+    "decode_step",
+]
