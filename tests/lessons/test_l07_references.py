@@ -195,3 +195,29 @@ def test_the_cache_is_checked():
         RollingKVCache(4, torch.zeros(3, 8), torch.zeros(4, 8))
     with pytest.raises(ValueError, match="positive"):
         RollingKVCache.empty(0, (), 2, 2)
+
+
+# --- the benchmark and its shipped results ---------------------------------------------------------
+
+
+def test_the_benchmark_runs_small_and_saves_results_and_a_figure(tmp_path, monkeypatch):
+    import json
+
+    from course_lib import bench
+    from course_lib.bench import sliding_window as window_bench
+
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    results = window_bench.run(torch.device("cpu"), lengths=(1024, 2048), repeats=1, with_flex=False)
+    json.dumps(results)  # plain data
+    assert [row["L"] for row in results["rows"]] == [1024, 2048]
+    assert all(row["max_abs_difference"]["sliding_window"] < 1e-5 for row in results["rows"])
+    assert (tmp_path / "sliding_window.png").exists()
+    assert results["goals"]["sliding_over_dense_memory"] < 0.25  # at L = 2048, four windows long
+
+
+def test_the_shipped_results_name_their_device_and_reach_16k():
+    from course_lib.bench import sliding_window as window_bench
+
+    shipped = window_bench.shipped("cpu")
+    assert shipped["device"].startswith("CPU") and shipped["rows"][-1]["L"] == 16384
+    assert set(shipped["rows"][-1]["median_s"]) == {"dense", "sliding_window", "flex"}
