@@ -23,6 +23,11 @@ from course_lib.shortcuts import Forbidden
 
 _EXACT = {torch.bool: Tolerance(rtol=0.0, atol=0.0)}
 
+
+def _sizes(gen: torch.Generator):  # noqa: ANN202
+    """size(low, high): an int drawn uniformly from low..high (both included) by ``gen``."""
+    return lambda low, high: int(torch.randint(low, high + 1, (1,), generator=gen))
+
 # --- the window mask -----------------------------------------------------------------------------
 
 
@@ -82,9 +87,7 @@ MASK_MISTAKES = (
 
 
 def _mask_cases(gen: torch.Generator) -> list[Case]:
-    def size(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (1,), generator=gen))
-
+    size = _sizes(gen)
     L, W = size(9, 14), size(3, 5)
     left, right = size(1, 2), size(3, 4)  # asymmetric: left < right
     t = size(2 * W + 1, 3 * W - 1)  # a decoding step well past the window (t mod W != 0)
@@ -201,9 +204,7 @@ BANDED_MISTAKES = (
 
 
 def _banded_cases(gen: torch.Generator) -> list[Case]:
-    def size(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (1,), generator=gen))
-
+    size = _sizes(gen)
     def qkv(batch: tuple[int, ...], L: int, dtype=torch.float32) -> tuple:
         E, Ev = 4 * size(2, 4), size(3, 6)
         return tuple(runtime.randn(*batch, L, n, gen=gen, dtype=dtype) for n in (E, E, Ev))
@@ -223,9 +224,9 @@ def _banded_cases(gen: torch.Generator) -> list[Case]:
     ]
 
 
-# Large enough that a dense L×L float32 matrix (64 MiB) is far above the bound, small enough for a
-# per-query Python loop to finish in time.
-_MEMORY_L, _MEMORY_WINDOW, _MEMORY_E = 4096, (31, 0), 8
+# Large enough that a dense L×L float32 matrix (16 MiB, and its mask and weights beside it) is far above the
+# bound (6 MiB), small enough for a per-query Python loop to finish in time on a busy machine.
+_MEMORY_L, _MEMORY_WINDOW, _MEMORY_E = 2048, (31, 0), 8
 _MEMORY_FACTOR = 16
 
 
@@ -313,9 +314,7 @@ BUFFER_MISTAKES = (
 
 
 def _buffer_cases(gen: torch.Generator) -> list[Case]:
-    def size(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (1,), generator=gen))
-
+    size = _sizes(gen)
     def cache_and_new(batch: tuple[int, ...], W: int, E: int, dtype=torch.float32) -> tuple:
         return runtime.randn(*batch, W, E, gen=gen, dtype=dtype), runtime.randn(*batch, E, gen=gen, dtype=dtype)
 

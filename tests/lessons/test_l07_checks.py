@@ -101,19 +101,18 @@ CORRECT = [
 @pytest.mark.parametrize("check,fn", CORRECT, ids=lambda x: getattr(x, "__name__", str(x)))
 def test_correct_implementations_pass_public_and_hidden(check, fn, device, capsys, monkeypatch):
     monkeypatch.setenv("COURSE_DEVICE", device)
-    assert check(fn) is None
-    for seed in HIDDEN_SEEDS:
-        assert check(fn, hidden=True, seed=seed) is None
-    out = capsys.readouterr()
-    assert out.err == ""
-    assert out.out.count("passed") == 1 + len(HIDDEN_SEEDS)
+    calls = [{}, *({"hidden": True, "seed": seed} for seed in HIDDEN_SEEDS)]
+    verdicts = [check(fn, **call) for call in calls]  # None each: a check returns nothing
+    printed = capsys.readouterr()
+    assert verdicts == [None] * len(calls)
+    assert (printed.err, printed.out.count("passed")) == ("", len(calls))
 
 
 def test_a_check_runs_in_a_few_seconds():
     for check, fn in CORRECT:
         start = time.perf_counter()
         check(fn)
-        assert time.perf_counter() - start < 5, fn.__name__
+        assert time.perf_counter() - start < 8, fn.__name__  # a few seconds, on a 2-core machine other work shares
 
 
 # --- mistakes as students write them --------------------------------------------------------------
