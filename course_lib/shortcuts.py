@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from torch._ops import HigherOrderOperator
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -81,17 +82,25 @@ class _RefuseTorchFunctions(TorchFunctionMode):
 
 
 class _RefuseAtenOperators(TorchDispatchMode):
+    # Higher-order operators (FlexAttention's `flex_attention`) reach this mode too, so that they
+    # can be refused by name; one that is not refused is left to PyTorch's other handlers.
+    supports_higher_order_operators = True
+
     def __init__(self, forbidden: dict[str, str]):
         super().__init__()
         self.forbidden = forbidden
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        name = func.overloadpacket.__name__
+        higher_order = isinstance(func, HigherOrderOperator)
+        name = func.name() if higher_order else func.overloadpacket.__name__
         if name in self.forbidden:
+            where = "operator " if higher_order else "operator aten."
             raise ShortcutUsed(
-                f"your function called PyTorch's operator aten.{name}, which computes the answer "
+                f"your function called PyTorch's {where}{name}, which computes the answer "
                 f"for you ({self.forbidden[name]}) — write the computation yourself"
             )
+        if higher_order:
+            return NotImplemented
         return func(*args, **(kwargs or {}))
 
 

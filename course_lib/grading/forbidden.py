@@ -49,3 +49,8 @@ SOFTMAX_ROUTES = Forbidden(
     },
     operators={"_softmax": "it is softmax", "_log_softmax": "exp(log_softmax) is softmax"},
 )
+
+# PyTorch's FlexAttention: a block mask of a sliding window makes it the whole answer of lesson 07.
+PYTORCH_FLEX_ATTENTION = Forbidden(
+    operators={"flex_attention": "it is PyTorch's FlexAttention, which computes masked attention for you"},
+)

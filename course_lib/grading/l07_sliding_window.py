@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from course_lib import attention, runtime
-from course_lib.grading.forbidden import PYTORCH_SDPA
+from course_lib.grading.forbidden import PYTORCH_FLEX_ATTENTION, PYTORCH_SDPA
 from course_lib.grading.framework import Behaviour, Case, Exercise, Mistake, variant
 from course_lib.memory import track_live_memory
 from course_lib.runtime import Tolerance
@@ -257,7 +257,7 @@ SLIDING_WINDOW_ATTENTION = Exercise(
     reference=attention.sliding_window_attention,
     make_cases=_banded_cases,
     mistakes=BANDED_MISTAKES,
-    forbidden=PYTORCH_SDPA | _LESSON_REFERENCES,
+    forbidden=PYTORCH_SDPA | PYTORCH_FLEX_ATTENTION | _LESSON_REFERENCES,
     behaviours=(Behaviour("peak memory stays linear in L (no L×L matrix)", _memory_stays_linear),),
     depends_on=(SLIDING_WINDOW_MASK,),
 )

@@ -58,6 +58,9 @@ def call_student(
             "timeout", f"your function did not return within {seconds:g} s — is there a loop that never ends?"
         ) from None
     except NotImplementedError as error:
+        if not _raised_by_student(error):  # PyTorch's own NotImplementedError: an error like any other
+            where, hint = where_student_failed(error)
+            raise StudentFailed("exception", f"your function raised NotImplementedError: {error}{where}", hint) from None
         frame = student_frame(error)
         if frame is not None and frame.name not in (name, "<lambda>", "forward", "__init__"):
             raise StudentFailed(
@@ -129,6 +132,12 @@ def student_frame(error: BaseException) -> traceback.FrameSummary | None:
         if "course_lib" not in f.filename and "/torch/" not in f.filename
     ]
     return frames[-1] if frames else None
+
+
+def _raised_by_student(error: BaseException) -> bool:
+    """True when the innermost frame is the student's own code (their `raise NotImplementedError()`)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and student_frame(error) == frames[-1]
 
 
 def where_student_failed(error: BaseException) -> tuple[str, str | None]:

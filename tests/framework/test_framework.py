@@ -109,6 +109,12 @@ def test_a_stub_an_exception_and_an_in_place_change():
 
     assert _failure(DOUBLE, stub).kind == "not_implemented"
 
+    def pytorch_refuses(x, factor=2.0):  # PyTorch's own NotImplementedError is not an unfinished stub
+        return torch.nn.functional.interpolate(x, scale_factor=factor, mode="bicubic")
+
+    failure = _failure(DOUBLE, pytorch_refuses)
+    assert failure.kind == "exception" and "raised NotImplementedError" in failure.problem
+
     def index_error(x, factor=2.0):
         return x[99]
 

@@ -196,6 +196,24 @@ def test_pytorch_sdpa_with_a_mask_is_refused():
     assert failure.kind == "shortcut"
 
 
+def test_flex_attention_with_a_window_block_mask_is_refused_by_name():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def sliding_window_attention(q, k, v, window, scale=None):
+        L = q.shape[-2]
+
+        def in_window(b, h, i, j):
+            return (j >= i - window[0]) & (j <= i + window[1])
+
+        q4, k4, v4 = (t.reshape(-1, 1, L, t.shape[-1]) for t in (q, k, v))  # (B, 1, L, E): 4-D, as flex wants
+        block_mask = create_block_mask(in_window, None, None, L, L, device=q.device)
+        out = flex_attention(q4, k4, v4, block_mask=block_mask, scale=scale)  # (B, 1, L, Ev)
+        return out.reshape(*q.shape[:-1], v.shape[-1])
+
+    failure = _failure(check_sliding_window_attention, sliding_window_attention)
+    assert failure.kind == "shortcut" and "FlexAttention" in failure.problem
+
+
 def test_a_broken_mask_is_blamed_when_the_attention_calls_it():
     def sliding_window_mask(query_positions, key_positions, window):
         d = key_positions[None, :] - query_positions[:, None]
