@@ -252,12 +252,42 @@ def skeleton_forward(step, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  #
     course's own) as its inner loop. q, k, v: (..., L, E), (..., S, E), (..., S, E), same batch."""
     load_triton()
     step = _kernel("reference_step") if step is None else step
+    name = getattr(getattr(step, "fn", step), "__name__", "step")
+    if not hasattr(step, "fn"):  # a JITFunction, or an InterpretedFunction, keeps the Python function
+        raise TypeError(f"`{name}` is a plain Python function: decorate it with @triton.jit, so that it runs "
+                        "inside the kernel")
     batch, L, S, E = q.shape[:-2], q.shape[-2], k.shape[-2], q.shape[-1]
     qf, kf, vf = (x.reshape(-1, *x.shape[-2:]).contiguous() for x in (q, k, v))
     out = torch.empty_like(qf)
     scale = 1.0 / math.sqrt(E) if scale is None else scale
     if qf.shape[0] and L:
         grid = (triton.cdiv(L, block), qf.shape[0])
-        _kernel("skeleton")[grid](qf, kf, vf, out, L, S, E, scale * LOG2_E, IS_CAUSAL=is_causal,
-                                  BLOCK_M=block, BLOCK_N=block, BLOCK_D=_power_of_two(E), STEP=step)
+        try:
+            _kernel("skeleton")[grid](qf, kf, vf, out, L, S, E, scale * LOG2_E, IS_CAUSAL=is_causal,
+                                      BLOCK_M=block, BLOCK_N=block, BLOCK_D=_power_of_two(E), STEP=step)
+        except Exception as error:  # noqa: BLE001 - said in words, without Triton's traceback
+            raise _in_words(error, step, name) from None
     return out.reshape(*batch, L, E)
+
+
+class KernelStepError(RuntimeError):
+    """A student's step that Triton cannot compile, or that fails inside the kernel."""
+
+
+def _in_words(error: Exception, step, name: str) -> Exception:  # noqa: ANN001
+    """The error of a step, as a sentence (NotImplementedError stays one, for the checks)."""
+    causes, cause = [], error
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(c) for c in causes)
+    source = getattr(getattr(step, "fn", None), "__code__", None)
+    unfinished = any(isinstance(c, NotImplementedError) for c in causes) or "NotImplementedError" in text
+    if unfinished:
+        return NotImplementedError(f"your `{name}` still raises NotImplementedError")
+    detail = next((line.strip() for c in causes for line in str(c).splitlines()
+                   if line.strip() and not line.startswith(("  File", "Traceback"))), type(error).__name__)
+    if type(error).__name__ == "CompilationError" or any(type(c).__name__ == "CompilationError" for c in causes):
+        return KernelStepError(f"Triton could not compile your `{name}`: {detail[:300]}")
+    del source
+    return KernelStepError(f"your `{name}` failed inside the kernel: {detail[:300]}")
