@@ -1,5 +1,7 @@
 """Lesson 08 — FlashAttention: ``online_softmax_stats``, ``flash_attention`` (the tiled forward in
-PyTorch) and ``triton_flash_attention`` (the lesson's Triton skeleton with the student's inner step).
+PyTorch) and ``flash_block_step`` (the inner step of the lesson's Triton kernel: a ``@triton.jit``
+function, checked by running the provided skeleton kernel with it — in Triton's CPU interpreter
+without a GPU, compiled on one).
 
 The known mistakes are the reference computations with one knob turned (``online_variant``,
 ``flash_variant``): forgetting to rescale by exp(m_old - m_new), not updating l, dividing by l per
@@ -9,8 +11,9 @@ peak-memory bound linear in L (tracked storages: a list of tiles counts as much 
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -372,16 +375,41 @@ def _triton_cases(gen: torch.Generator) -> list[Case]:
     ]
 
 
-TRITON_FLASH_ATTENTION = Exercise(
-    name="triton_flash_attention",
+def _run_in_the_skeleton(step: Any) -> Any:
+    """A ``@triton.jit`` step becomes attention(q, k, v, is_causal, scale) through the skeleton kernel.
+    Anything else is called as it is (the known mistakes are written as such functions), except a
+    plain Python step, which is refused in words."""
+    if hasattr(step, "fn"):  # a JITFunction, or Triton's InterpretedFunction
+
+        def skeleton_with_your_step(q, k, v, is_causal=False, scale=None):  # noqa: ANN001, ANN202
+            return flash_triton.skeleton_forward(step, q, k, v, is_causal=is_causal, scale=scale, block=SKELETON_BLOCK)
+
+        return skeleton_with_your_step
+    try:
+        parameters = list(inspect.signature(step).parameters)
+    except (TypeError, ValueError):
+        parameters = []
+    if "m_i" in parameters:
+
+        def not_a_kernel_function(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise TypeError(f"`{getattr(step, '__name__', 'your step')}` is a plain Python function: decorate it "
+                            "with @triton.jit (the line above `def`), so that it runs inside the kernel")
+
+        return not_a_kernel_function
+    return step
+
+
+FLASH_BLOCK_STEP = Exercise(
+    name="flash_block_step",
     reference=attention.flash_attention,
     make_cases=_triton_cases,
     mistakes=TRITON_MISTAKES,
     forbidden=PYTORCH_SDPA | _REFERENCES,
     requires=(TRITON,),
+    adapt=_run_in_the_skeleton,
     timeout_s=120.0,
     # A GPU's tl.dot multiplies float32 in TF32 (10-bit mantissas) by default: looser than float32.
     tolerances={torch.float32: runtime.Tolerance(rtol=1e-2, atol=2e-3)},
 )
 
-EXERCISES = (ONLINE_SOFTMAX_STATS, FLASH_ATTENTION, TRITON_FLASH_ATTENTION)
+EXERCISES = (ONLINE_SOFTMAX_STATS, FLASH_ATTENTION, FLASH_BLOCK_STEP)

@@ -17,7 +17,7 @@ from course_lib.grading import (
     CheckFailed,
     check_flash_attention,
     check_online_softmax_stats,
-    check_triton_flash_attention,
+    check_flash_block_step,
 )
 from course_lib.grading import l08_flash_attention as lesson
 
@@ -243,45 +243,38 @@ CORRECT_STEP = """
 """
 
 
-def _wrapper(step):
-    def triton_flash_attention(q, k, v, is_causal=False, scale=None):
-        return flash_triton.skeleton_forward(step, q, k, v, is_causal=is_causal, scale=scale)
-
-    return triton_flash_attention
-
-
 @needs_triton
 def test_a_correct_triton_step_passes():
-    wrapper = _wrapper(_student_step(CORRECT_STEP))
+    step = _student_step(CORRECT_STEP)
     for kwargs in HIDDEN[:2]:
-        check_triton_flash_attention(wrapper, **kwargs)
+        check_flash_block_step(step, **kwargs)
 
 
 @needs_triton
 def test_a_triton_step_without_rescaling_is_named():
     step = _student_step(CORRECT_STEP.replace("acc = alpha[:, None] * acc", "acc = acc"))
-    failure = _fails(check_triton_flash_attention, _wrapper(step))
+    failure = _fails(check_flash_block_step, step)
     assert failure.mistake == "the accumulated output is not rescaled by exp(m_old - m_new)", failure.message
 
 
 @needs_triton
 def test_a_triton_step_with_exp_is_named():
     step = _student_step(CORRECT_STEP.replace("tl.math.exp2", "tl.exp"))
-    assert _fails(check_triton_flash_attention, _wrapper(step)).mistake == \
+    assert _fails(check_flash_block_step, step).mistake == \
         "tl.exp is used, but the skeleton's qk_scale is in log2 units (exp2)"
 
 
 @needs_triton
 def test_the_unfinished_triton_step_says_so():
     step = _student_step("    # YOUR CODE HERE\n    raise NotImplementedError()\n")
-    failure = _fails(check_triton_flash_attention, _wrapper(step))
+    failure = _fails(check_flash_block_step, step)
     assert failure.kind == "not_implemented", failure.message
 
 
 @needs_triton
 def test_a_broken_triton_step_is_reported_in_words():
     step = _student_step(CORRECT_STEP.replace("tl.max(s, 1)", "tl.max(s, 1, 2, 3)"))
-    failure = _fails(check_triton_flash_attention, _wrapper(step))
+    failure = _fails(check_flash_block_step, step)
     assert failure.kind == "exception" and "flash_block_step" in failure.problem, failure.message
     assert "Traceback" not in failure.message
 
@@ -291,15 +284,15 @@ def test_a_step_that_is_not_a_triton_function_is_refused():
     def flash_block_step(q, k, v, m_i, l_i, acc, allowed, qk_scale):
         return m_i, l_i, acc
 
-    failure = _fails(check_triton_flash_attention, _wrapper(flash_block_step))
+    failure = _fails(check_flash_block_step, flash_block_step)
     assert "@triton.jit" in failure.problem, failure.message
 
 
 def test_without_triton_the_check_says_what_is_missing(monkeypatch):
     requirement = lesson.Requirement("Triton", lambda: False, lesson.TRITON.how)
-    exercise = dataclasses.replace(lesson.TRITON_FLASH_ATTENTION, requires=(requirement,))
+    exercise = dataclasses.replace(lesson.FLASH_BLOCK_STEP, requires=(requirement,))
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
     with pytest.raises(CheckFailed) as info:
-        exercise.check(_wrapper(None))
+        exercise.check(_student_step(CORRECT_STEP) if flash_triton.available() else (lambda *a: None))
     assert info.value.failure.kind == "requirement"
     assert "Triton is missing here" in str(info.value) and "pip install" in str(info.value)
