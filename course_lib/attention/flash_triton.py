@@ -281,13 +281,15 @@ def _in_words(error: Exception, step, name: str) -> Exception:  # noqa: ANN001
         causes.append(cause)
         cause = cause.__cause__ or cause.__context__
     text = " ".join(str(c) for c in causes)
-    source = getattr(getattr(step, "fn", None), "__code__", None)
     unfinished = any(isinstance(c, NotImplementedError) for c in causes) or "NotImplementedError" in text
     if unfinished:
         return NotImplementedError(f"your `{name}` still raises NotImplementedError")
     detail = next((line.strip() for c in causes for line in str(c).splitlines()
                    if line.strip() and not line.startswith(("  File", "Traceback"))), type(error).__name__)
-    if type(error).__name__ == "CompilationError" or any(type(c).__name__ == "CompilationError" for c in causes):
-        return KernelStepError(f"Triton could not compile your `{name}`: {detail[:300]}")
-    del source
+    compile_error = next((c for c in causes if type(c).__name__ == "CompilationError"), None)
+    if compile_error is not None:  # "at LINE:COL:", the source, a caret, then the message last
+        lines = [line for line in str(compile_error).strip().splitlines() if line.strip()]
+        where = f" ({lines[0].rstrip(':')} of the kernel or your step)" if lines and lines[0].startswith("at ") else ""
+        return KernelStepError(f"Triton could not compile your `{name}`: {lines[-1].strip()[:300] if lines else detail}"
+                               f"{where}")
     return KernelStepError(f"your `{name}` failed inside the kernel: {detail[:300]}")

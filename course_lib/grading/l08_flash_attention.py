@@ -230,7 +230,7 @@ _RAGGED_QUERIES_HINT = ("range(0, L, block_size) and slices q[..., i:i + block_s
 _RAGGED_KEYS_HINT = "loop over range(0, S, block_size): S // block_size blocks leave the last keys out"
 
 
-def _flash_mistakes(causal_names: bool = True) -> tuple[Mistake, ...]:
+def _flash_mistakes() -> tuple[Mistake, ...]:
     return (
         Mistake("wrong when L is not a multiple of the block size (the last, shorter query block is dropped)",
                 _RAGGED_QUERIES_HINT, _flash_mistake(ragged="drop_queries")),
@@ -408,8 +408,9 @@ FLASH_BLOCK_STEP = Exercise(
     requires=(TRITON,),
     adapt=_run_in_the_skeleton,
     timeout_s=120.0,
-    # A GPU's tl.dot multiplies float32 in TF32 (10-bit mantissas) by default: looser than float32.
-    tolerances={torch.float32: runtime.Tolerance(rtol=1e-2, atol=2e-3)},
+    # A GPU's tl.dot multiplies float32 in TF32 (10-bit mantissas) by default: looser than float32
+    # (every known mistake is off by far more).
+    tolerances={torch.float32: runtime.Tolerance(rtol=2e-2, atol=1e-2)},
 )
 
 EXERCISES = (ONLINE_SOFTMAX_STATS, FLASH_ATTENTION, FLASH_BLOCK_STEP)
