@@ -13,7 +13,12 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # this JupyterLab only: nothing in the environment is changed. Instructors run `jupyter lab` without it.
 LAB_CONFIG_PATH := $(abspath lab_config)$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))
 
-.PHONY: lab test release bench clean
+# The tests install the [triton] extra too where Triton has wheels (Linux), so that lesson 08's
+# kernel is tested in Triton's CPU interpreter; elsewhere those tests are skipped.
+comma := ,
+TEST_EXTRAS := lab,dev$(if $(filter Linux,$(shell uname -s)),$(comma)triton)
+
+.PHONY: lab test test-gpu release bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +29,7 @@ $(LAB_INSTALLED): pyproject.toml | $(BIN)/python
 
 # [lab,dev] includes [lab]: its stamp is renewed too.
 $(TEST_INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e ".[lab,dev]"
+	$(BIN)/python -m pip install -e ".[$(TEST_EXTRAS)]"
 	touch $@ $(LAB_INSTALLED)
 
 # Students work in work/, a copy of notebooks/: each lesson is copied once, never overwritten,
@@ -39,6 +44,11 @@ lab: $(LAB_INSTALLED)
 
 test: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest
+
+# The GPU tests alone (marked `gpu`: float16/bfloat16, SDPA's backends pinned, the Triton kernel);
+# each is skipped without a CUDA GPU.
+test-gpu: $(TEST_INSTALLED)
+	$(BIN)/python -m pytest -m gpu -rs
 
 # Regenerate every release notebook from its solution with nbgrader.
 release: $(LAB_INSTALLED)

@@ -2,9 +2,11 @@
 
 * ``sdpa`` — softmax, attention weights and scaled dot-product attention (lesson 05);
 * ``sliding_window`` — banded O(L·w) attention, its mask, Mistral's rolling-buffer KV cache (lesson 07);
-  the mechanisms to come (multi-head, flash) build on them.
+* ``flash`` — FlashAttention in PyTorch tiles, with a recomputing backward (lesson 08); its Triton
+  kernel (``flash_triton``, optional: Triton is the ``[triton]`` extra) serves capable GPUs.
 """
 
+from course_lib.attention.flash import flash_attention, online_softmax_stats
 from course_lib.attention.sdpa import attention_weights, scaled_dot_product_attention, softmax
 from course_lib.attention.sliding_window import (
     RollingKVCache,
@@ -25,4 +27,6 @@ __all__ = [
     "rolling_buffer_update",
     "RollingKVCache",
     "decode_step",
+    "flash_attention",
+    "online_softmax_stats",
 ]

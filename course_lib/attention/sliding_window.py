@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from course_lib.attention import flash
 from course_lib.attention.inputs import check_query_key, check_scale, check_value, require_floating_tensor
 from course_lib.shortcuts import reference
 
@@ -85,13 +86,15 @@ def dense_window_mask(length: int, window: tuple[int, int], device: torch.device
 def _fast_backend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tuple[int, int], scale: float
 ) -> torch.Tensor | None:
-    """The one place a faster kernel plugs in: return its output, or None for the PyTorch path.
+    """The one place a faster kernel plugs in: its output, or None for the PyTorch path below.
 
-    On CUDA, lesson 08's flash kernel with window support (course_lib.attention.flash) belongs here,
-    used where no gradient is needed (and its backward once that exists). Not wired yet: the
-    PyTorch path below serves every device.
+    On a CUDA GPU that runs Triton (compute capability 8.0 or more), lesson 08's flash kernel with
+    FlashAttention's ``window_size`` skips the key blocks outside the window; its backward is the
+    recomputing tiled one. Everywhere else the banded PyTorch path serves.
     """
-    return None
+    if not flash.triton_usable(q):
+        return None
+    return flash.windowed_flash_attention(q, k, v, window, scale)
 
 
 @reference
@@ -117,10 +120,10 @@ def sliding_window_attention(
                          f"k (..., L, E), got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    fast = _fast_backend(q, k, v, (left, right), scale)
+    left, right = min(left, L - 1), min(right, L - 1)  # a window wider than the sequence sees all of it
+    fast = _fast_backend(q, k, v, (left, right), scale) if L > 0 else None
     if fast is not None:
         return fast
-    left, right = min(left, L - 1), min(right, L - 1)  # a window wider than the sequence sees all of it
     batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     work = torch.float32 if q.dtype in _UPCAST else q.dtype
     out = torch.empty(*batch, L, v.shape[-1], dtype=q.dtype, device=q.device)  # (..., L, Ev)

@@ -206,6 +206,9 @@ class Exercise:
     timeout_s: float | None = None  # per call; None: student_code.CALL_TIMEOUT_SECONDS
     tolerances: Mapping[torch.dtype, runtime.Tolerance] = field(default_factory=lambda: MappingProxyType({}))
     public_seed: int = 0
+    # Turns what the student passes into the function the cases call (e.g. a Triton kernel piece into
+    # a function of tensors, by running it inside a provided kernel); None: called as it is.
+    adapt: Callable[[Any], Any] | None = None
 
     # -- the public entry point --
 
@@ -279,6 +282,8 @@ class Exercise:
         failure = self._check_dependencies(fn, hidden, seed)
         if failure:
             return failure, 0, ""
+        if self.adapt is not None:
+            fn = self.adapt(fn)
         device = runtime.device()
         draw_seed = self._draw_seed(hidden, seed)
         with quiet():

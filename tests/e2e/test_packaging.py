@@ -100,6 +100,13 @@ def test_course_lib_imports_only_its_own_dependencies():
             )
 
 
+def test_triton_is_an_optional_extra_named_for_itself():
+    """Triton is not a dependency (Colab's T4 and macOS run without it), only the [triton] extra."""
+    assert "triton" not in _own() and "triton" not in _extra("lab") and "triton" not in _extra("dev")
+    assert _floor(_extra("triton")["triton"]) >= (3, 0)
+    assert "[triton]" in (REPO / "README.md").read_text()
+
+
 def test_torch_is_a_lower_bound_and_nbgrader_is_pinned():
     assert _own()["torch"].startswith(">=")
     lab = _extra("lab")
@@ -112,7 +119,8 @@ def test_readme_gives_the_two_commands_and_the_makefile_has_them():
     for target in ("lab", "test", "release"):
         assert re.search(rf"^{target}:", makefile, flags=re.M)
     assert re.search(r'pip install -e "\.\[lab\]"', makefile)
-    assert re.search(r'pip install -e "\.\[lab,dev\]"', makefile)
+    assert re.search(r'pip install -e "\.\[\$\(TEST_EXTRAS\)\]"', makefile)
+    assert re.search(r"^TEST_EXTRAS := lab,dev\$\(if \$\(filter Linux,.*\$\(comma\)triton\)$", makefile, flags=re.M)
     assert "make lab" in readme and "make test" in readme
     assert "conda env create -f environment.yml" in readme
     assert "make test" in (REPO / ".ci" / "run").read_text()
