@@ -135,9 +135,10 @@ def student_frame(error: BaseException) -> traceback.FrameSummary | None:
 
 
 def _raised_by_student(error: BaseException) -> bool:
-    """True when the innermost frame is the student's own code (their `raise NotImplementedError()`)."""
+    """True when the student's code (their `raise NotImplementedError()`) or the course's own (which
+    says so of a student's unfinished piece) raised it — not PyTorch or another library."""
     frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and student_frame(error) == frames[-1]
+    return bool(frames) and (student_frame(error) == frames[-1] or "course_lib" in frames[-1].filename)
 
 
 def where_student_failed(error: BaseException) -> tuple[str, str | None]:
