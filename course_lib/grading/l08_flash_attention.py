@@ -54,8 +54,8 @@ def online_variant(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(m, l)`` of the online softmax, with knobs; each knob's first value is the right one."""
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    m = torch.full(x.shape[:-1], -math.inf if start == "-inf" else 0.0, dtype=work)
-    l = torch.zeros(x.shape[:-1], dtype=work)
+    m = torch.full(x.shape[:-1], -math.inf if start == "-inf" else 0.0, dtype=work, device=x.device)
+    l = torch.zeros(x.shape[:-1], dtype=work, device=x.device)
     for j0 in range(0, x.shape[-1], block_size):
         block = x[..., j0:j0 + block_size].to(work)
         m_new = block.amax(dim=-1) if maximum == "block" else torch.maximum(m, block.amax(dim=-1))
@@ -177,17 +177,17 @@ def flash_variant(
         S += pad
         if causal == "top_left":
             causal = "ignore"
-    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float64)
+    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=torch.float64, device=q.device)
     query_end = L - L % B if ragged == "drop_queries" else L
     key_end = S - S % B if ragged == "drop_keys" and S > B else S
     for i0 in range(0, query_end, B):
-        rows = torch.arange(i0, min(i0 + B, L))
+        rows = torch.arange(i0, min(i0 + B, L), device=q.device)
         q_block = q[..., i0:i0 + B, :] * scale
-        m = torch.full(q_block.shape[:-1], -math.inf, dtype=torch.float64)
+        m = torch.full(q_block.shape[:-1], -math.inf, dtype=torch.float64, device=q.device)
         l = torch.zeros_like(m)
-        acc = torch.zeros(*q_block.shape[:-1], v.shape[-1], dtype=torch.float64)
+        acc = torch.zeros(*q_block.shape[:-1], v.shape[-1], dtype=torch.float64, device=q.device)
         for j0 in range(0, key_end, B):
-            cols = torch.arange(j0, min(j0 + B, key_end))
+            cols = torch.arange(j0, min(j0 + B, key_end), device=q.device)
             s = q_block @ k[..., cols, :].transpose(-2, -1)
             if is_causal and causal != "ignore":
                 offset = {"top_left": 0, "no_diagonal": -1, "one_ahead": 1}[causal]

@@ -135,8 +135,8 @@ def test_a_strict_inequality_is_named_as_an_off_by_one_edge():
 
 def test_rows_and_columns_instead_of_positions_fail_on_the_rolling_buffer_case():
     def mask(query_positions, key_positions, window):
-        i = torch.arange(len(query_positions))[:, None]
-        j = torch.arange(len(key_positions))[None, :]
+        i = torch.arange(len(query_positions), device=query_positions.device)[:, None]
+        j = torch.arange(len(key_positions), device=key_positions.device)[None, :]
         return (j >= i - window[0]) & (j <= i + window[1])
 
     failure = _failure(check_sliding_window_mask, mask)
@@ -148,7 +148,7 @@ def test_blocks_that_skip_the_tail_are_named():
     def banded(q, k, v, window, scale=None):
         left, right = window
         L, block = q.shape[-2], left + right + 1
-        out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+        out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
         for start in range(0, L - block + 1, block):  # the last partial block is never reached
             rows = banded_blocks_of_w(q, k, v, window, scale)[..., start : start + block, :]
             out[..., start : start + block, :] = rows

@@ -36,8 +36,8 @@ def _fails(check, fn, **kwargs) -> "lesson.Failure":
 
 def stats_float64_inside(x, block_size=4):
     wide = x.double()
-    m = torch.full(x.shape[:-1], -math.inf, dtype=torch.float64)
-    l = torch.zeros(x.shape[:-1], dtype=torch.float64)
+    m = torch.full(x.shape[:-1], -math.inf, dtype=torch.float64, device=x.device)
+    l = torch.zeros(x.shape[:-1], dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[-1], block_size):
         block = wide[..., start:start + block_size]
         new_m = torch.maximum(m, block.max(dim=-1).values)
@@ -48,7 +48,7 @@ def stats_float64_inside(x, block_size=4):
 
 
 def stats_one_element_at_a_time(x, block_size=4):  # noqa: ARG001 - a block of 1, whatever is asked
-    m = torch.full(x.shape[:-1], -math.inf, dtype=torch.float64)
+    m = torch.full(x.shape[:-1], -math.inf, dtype=torch.float64, device=x.device)
     l = torch.zeros_like(m)
     for column in x.double().unbind(-1):
         new_m = torch.maximum(m, column)
@@ -65,8 +65,8 @@ def test_correct_online_softmax_stats_pass(fn):
 
 
 def stats_without_rescaling(x, block_size=4):
-    m = torch.full(x.shape[:-1], -math.inf)
-    l = torch.zeros(x.shape[:-1])
+    m = torch.full(x.shape[:-1], -math.inf, device=x.device)
+    l = torch.zeros(x.shape[:-1], device=x.device)
     for start in range(0, x.shape[-1], block_size):
         block = x[..., start:start + block_size].float()
         m_new = torch.maximum(m, block.amax(-1))
@@ -77,8 +77,8 @@ def stats_without_rescaling(x, block_size=4):
 
 
 def stats_unguarded(x, block_size=4):
-    m = torch.full(x.shape[:-1], -math.inf, dtype=x.dtype)
-    l = torch.zeros(x.shape[:-1], dtype=x.dtype)
+    m = torch.full(x.shape[:-1], -math.inf, dtype=x.dtype, device=x.device)
+    l = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
     for start in range(0, x.shape[-1], block_size):
         block = x[..., start:start + block_size]
         m_new = torch.maximum(m, block.amax(-1))
@@ -109,14 +109,14 @@ def flash_keys_outer(q, k, v, is_causal=False, scale=None, block_size=None):
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     L, S = q.shape[-2], k.shape[-2]
     shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
-    m = torch.full((*shape, L, 1), -math.inf, dtype=torch.float64)
+    m = torch.full((*shape, L, 1), -math.inf, dtype=torch.float64, device=q.device)
     l = torch.zeros_like(m)
-    acc = torch.zeros(*shape, L, v.shape[-1], dtype=torch.float64)
-    rows = torch.arange(L).unsqueeze(-1)
+    acc = torch.zeros(*shape, L, v.shape[-1], dtype=torch.float64, device=q.device)
+    rows = torch.arange(L, device=q.device).unsqueeze(-1)
     for j in range(0, S, B):
         s = (q.double() @ k[..., j:j + B, :].double().mT) * scale  # (..., L, B)
         if is_causal:
-            s = s.masked_fill(torch.arange(j, min(j + B, S)) > rows, -math.inf)
+            s = s.masked_fill(torch.arange(j, min(j + B, S), device=q.device) > rows, -math.inf)
         m_new = torch.maximum(m, s.amax(-1, keepdim=True))
         safe = torch.where(m_new.isinf(), 0.0, m_new)
         p = (s - safe).exp()
@@ -130,18 +130,18 @@ def flash_keys_outer(q, k, v, is_causal=False, scale=None, block_size=None):
 def flash_two_loops(q, k, v, is_causal=False, scale=None, block_size=None):
     B = block_size or 16
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
     for i in range(0, q.shape[-2], B):
         qi = q[..., i:i + B, :]
-        m = torch.full(qi.shape[:-1], -math.inf, dtype=q.dtype)
-        l = torch.zeros(qi.shape[:-1], dtype=q.dtype)
-        o = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype)
+        m = torch.full(qi.shape[:-1], -math.inf, dtype=q.dtype, device=q.device)
+        l = torch.zeros(qi.shape[:-1], dtype=q.dtype, device=q.device)
+        o = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
         for j in range(0, k.shape[-2], B):
             if is_causal and j > i + qi.shape[-2] - 1:
                 break  # every key of this block is in the future
             s = torch.einsum("...ie,...je->...ij", qi, k[..., j:j + B, :]) * scale
             if is_causal:
-                keep = torch.arange(j, j + s.shape[-1])[None, :] <= torch.arange(i, i + s.shape[-2])[:, None]
+                keep = torch.arange(j, j + s.shape[-1], device=q.device)[None, :] <= torch.arange(i, i + s.shape[-2], device=q.device)[:, None]
                 s = torch.where(keep, s, -math.inf)
             mn = torch.maximum(m, s.amax(-1))
             a = torch.exp(m - mn)
@@ -162,7 +162,7 @@ def test_correct_tiled_forwards_pass(fn):
 def flash_whole_queries_only(q, k, v, is_causal=False, scale=None, block_size=None):
     """The last, shorter query block forgotten: `L // B` blocks."""
     B = block_size or 16
-    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
     for n in range(q.shape[-2] // B):
         i = n * B
         out[..., i:i + B, :] = flash_two_loops(q[..., i:i + B, :], k, v, False, scale, B) if not is_causal else \
@@ -175,7 +175,7 @@ def flash_scores_in_full(q, k, v, is_causal=False, scale=None, block_size=None):
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q @ k.mT * scale
     if is_causal:
-        scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool).tril().logical_not(), -math.inf)
+        scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril().logical_not(), -math.inf)
     m = scores.amax(-1, keepdim=True)
     p = torch.exp(scores - m)
     return (p @ v) / p.sum(-1, keepdim=True)
@@ -190,7 +190,7 @@ def flash_list_of_tiles(q, k, v, is_causal=False, scale=None, block_size=None):
         tiles = [q[..., i:i + B, :] @ k[..., j:j + B, :].mT * scale for j in range(0, k.shape[-2], B)]
         scores = torch.cat(tiles, dim=-1)
         if is_causal:
-            keep = torch.arange(k.shape[-2])[None, :] <= torch.arange(i, i + scores.shape[-2])[:, None]
+            keep = torch.arange(k.shape[-2], device=q.device)[None, :] <= torch.arange(i, i + scores.shape[-2], device=q.device)[:, None]
             scores = scores.masked_fill(~keep, -math.inf)
         p = torch.exp(scores - scores.amax(-1, keepdim=True))
         rows.append((p @ v) / p.sum(-1, keepdim=True))
