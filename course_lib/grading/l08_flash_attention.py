@@ -11,7 +11,6 @@ peak-memory bound linear in L (tracked storages: a list of tiles counts as much 
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Literal
 
@@ -377,26 +376,24 @@ def _triton_cases(gen: torch.Generator) -> list[Case]:
 
 def _run_in_the_skeleton(step: Any) -> Any:
     """A ``@triton.jit`` step becomes attention(q, k, v, is_causal, scale) through the skeleton kernel.
-    Anything else is called as it is (the known mistakes are written as such functions), except a
-    plain Python step, which is refused in words."""
+    The exercise's own known mistakes (plain functions, by identity) are called as they are; anything
+    else — a plain Python step, or a whole attention function passed in the step's place — is refused
+    in words, so the exercise's points go only to a kernel step."""
     if hasattr(step, "fn"):  # a JITFunction, or Triton's InterpretedFunction
 
         def skeleton_with_your_step(q, k, v, is_causal=False, scale=None):  # noqa: ANN001, ANN202
             return flash_triton.skeleton_forward(step, q, k, v, is_causal=is_causal, scale=scale, block=SKELETON_BLOCK)
 
         return skeleton_with_your_step
-    try:
-        parameters = list(inspect.signature(step).parameters)
-    except (TypeError, ValueError):
-        parameters = []
-    if "m_i" in parameters:
+    if any(step is mistake.function for mistake in TRITON_MISTAKES):
+        return step
+    name = getattr(step, "__name__", "your step")
 
-        def not_a_kernel_function(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            raise TypeError(f"`{getattr(step, '__name__', 'your step')}` is a plain Python function: decorate it "
-                            "with @triton.jit (the line above `def`), so that it runs inside the kernel")
+    def not_a_kernel_function(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise TypeError(f"`{name}` is not a Triton kernel function: write the step as `def flash_block_step(...)` "
+                        "decorated with @triton.jit (the line above `def`), so that it runs inside the kernel")
 
-        return not_a_kernel_function
-    return step
+    return not_a_kernel_function
 
 
 FLASH_BLOCK_STEP = Exercise(

@@ -288,6 +288,17 @@ def test_a_step_that_is_not_a_triton_function_is_refused():
     assert "@triton.jit" in failure.problem, failure.message
 
 
+@needs_triton
+def test_a_working_attention_passed_in_the_steps_place_gets_no_points():
+    """Could a student earn the Triton exercise with the tiled PyTorch forward of exercise 2?"""
+
+    def flash_block_step(q, k, v, is_causal=False, scale=None):
+        return flash_two_loops(q, k, v, is_causal, scale, 16)
+
+    failure = _fails(check_flash_block_step, flash_block_step)
+    assert failure.kind == "exception" and "is not a Triton kernel function" in failure.problem, failure.message
+
+
 def test_without_triton_the_check_says_what_is_missing(monkeypatch):
     requirement = lesson.Requirement("Triton", lambda: False, lesson.TRITON.how)
     exercise = dataclasses.replace(lesson.FLASH_BLOCK_STEP, requires=(requirement,))
