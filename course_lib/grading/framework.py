@@ -287,7 +287,7 @@ class Exercise:
         device = runtime.device()
         draw_seed = self._draw_seed(hidden, seed)
         with quiet():
-            cases = self.make_cases(runtime.generator(draw_seed))
+            cases = self.cases(hidden=hidden, seed=seed)
             failure = next((f for f in (self._run_case(fn, c, device) for c in cases) if f), None)
             if failure is None:
                 failure = next(
@@ -341,13 +341,14 @@ class Exercise:
         return call_student(self.name, module, args, kwargs, self.forbidden, self.timeout_s), module
 
     def _run_case(self, fn: Any, case: Case, device: torch.device) -> Failure | None:
-        """Call the student's code on ``case`` (and take its gradients), then ``judge`` the result."""
+        """Call the student's code on ``case`` (and take its gradients), then judge them as ``judge`` does,
+        with the reference run once."""
         args, kwargs = _to_device(case.args, device), _to_device(case.kwargs, device)
         originals = _to_device(args, device), _to_device(kwargs, device)  # copies to compare with
         if case.check_gradients:
             args = tuple(_requires_grad(a) for a in args)
         names = _input_names(self)
-        fail = functools.partial(Failure, self.name, case=case.name, inputs=_describe_call(case, names))
+        fail = self._fail(case)
         try:
             actual, module = self._call(fn, case, args, kwargs, device)
         except StudentFailed as failed:
@@ -355,42 +356,55 @@ class Exercise:
         changed = _changed_inputs(originals, (args, kwargs), names)
         if changed:
             return fail("in_place", f"your function changed its input `{changed}` in place — work on new tensors")
-        gradients = None
-        if case.check_gradients and not self._values_differ(case, actual, device):
-            if not any(t.grad_fn is not None for _, t in _float_leaves(actual)):
-                return fail("gradient", "your output is cut off from autograd (no gradient reaches the inputs) — "
-                            "avoid .detach(), .numpy(), .item() and torch.tensor(...) on intermediate results")
-            renamed = {v: k for k, v in self.module.parameter_names.items()} if self.module else {}
-            seconds = self.timeout_s or student_code.CALL_TIMEOUT_SECONDS
-            try:
-                with time_limit(seconds):
-                    gradients = _gradients(actual, args, module, names, renamed)
-            except student_code.Timeout:
-                return fail("timeout", f"the backward pass did not finish within {seconds:g} s")
-            except Exception as error:  # noqa: BLE001
-                return fail("gradient", f"the backward pass through your function raised {type(error).__name__}: {error}")
-        return self.judge(case, actual, device, gradients)
+        reference = self.expected(case, device, with_grad=case.check_gradients)
+        failure = self._judge_values(case, actual, device, reference[0])
+        if failure or not case.check_gradients:
+            return failure
+        if not any(t.grad_fn is not None for _, t in _float_leaves(actual)):
+            return fail("gradient", "your output is cut off from autograd (no gradient reaches the inputs) — "
+                        "avoid .detach(), .numpy(), .item() and torch.tensor(...) on intermediate results")
+        renamed = {v: k for k, v in self.module.parameter_names.items()} if self.module else {}
+        seconds = self.timeout_s or student_code.CALL_TIMEOUT_SECONDS
+        try:
+            with time_limit(seconds):
+                gradients = _gradients(actual, args, module, names, renamed)
+        except student_code.Timeout:
+            return fail("timeout", f"the backward pass did not finish within {seconds:g} s")
+        except Exception as error:  # noqa: BLE001
+            return fail("gradient", f"the backward pass through your function raised {type(error).__name__}: {error}")
+        return self._judge_gradients(case, actual, gradients, reference, device)
 
     def judge(self, case: Case, result: Any, device: torch.device, gradients: dict | None = None) -> Failure | None:
         """The verdict on a student's ``result`` for ``case`` (and, for a gradient case, its
         ``gradients`` by input name), against the reference run here: plain tensors in, so a process
         that never ran the student's code can judge what came back from it."""
-        fail = functools.partial(Failure, self.name, case=case.name, inputs=_describe_call(case, _input_names(self)))
-        expected, ref_args, ref_module = self.expected(case, device, with_grad=case.check_gradients)
+        reference = self.expected(case, device, with_grad=case.check_gradients)
+        failure = self._judge_values(case, result, device, reference[0])
+        if failure or not case.check_gradients:
+            return failure
+        return self._judge_gradients(case, result, gradients or {}, reference, device)
+
+    def _fail(self, case: Case) -> Callable[..., Failure]:
+        return functools.partial(Failure, self.name, case=case.name, inputs=_describe_call(case, _input_names(self)))
+
+    def _judge_values(self, case: Case, result: Any, device: torch.device, expected: Any) -> Failure | None:
         mismatch = compare_trees(result, expected, device, self._tolerances, self.output_names)
-        if mismatch:
-            mistake = self._matching_mistake(
-                lambda m: close_trees(result, self._result_of(m.function, case, device, False)[0], device, self._tolerances)
-            )
-            return self._failure(fail, mismatch, mistake)
-        if not case.check_gradients:
+        if not mismatch:
             return None
-        gradients = gradients or {}
+        mistake = self._matching_mistake(
+            lambda m: close_trees(result, self._result_of(m.function, case, device, False)[0], device, self._tolerances)
+        )
+        return self._failure(self._fail(case), mismatch, mistake)
+
+    def _judge_gradients(self, case: Case, result: Any, gradients: dict, reference: tuple, device: torch.device
+                         ) -> Failure | None:
+        expected, ref_args, ref_module = reference
         names = _input_names(self)
         for name, grad in _gradients(expected, ref_args, ref_module, names, {}).items():
             if gradients.get(name) is None:
-                return fail("gradient", f"no gradient reaches `{name}` through your function — does it, or a function "
-                            "it calls, use .detach(), .numpy(), .item() or torch.tensor(...) on the way?")
+                return self._fail(case)(
+                    "gradient", f"no gradient reaches `{name}` through your function — does it, or a function "
+                    "it calls, use .detach(), .numpy(), .item() or torch.tensor(...) on the way?")
             mismatch = compare_values(gradients[name], grad, tolerance_for(grad.dtype, device, self._tolerances))
             if mismatch:
                 def same_mistake(mistake: Mistake) -> bool:  # the same outputs and the same gradient
@@ -403,16 +417,12 @@ class Exercise:
 
                 problem = f"the gradient with respect to `{name}` is wrong: {mismatch.problem}"
                 mismatch = Mismatch("gradient", problem, None, mismatch.largest_error)
-                return self._failure(fail, mismatch, self._matching_mistake(same_mistake))
+                return self._failure(self._fail(case), mismatch, self._matching_mistake(same_mistake))
         return None
 
     @property
     def _tolerances(self) -> dict:
         return dict(self.tolerances)
-
-    def _values_differ(self, case: Case, result: Any, device: torch.device) -> bool:
-        expected, _, _ = self.expected(case, device)
-        return compare_trees(result, expected, device, self._tolerances, self.output_names) is not None
 
     def _failure(self, fail: Callable[..., Failure], mismatch: Mismatch, mistake: Mistake | None) -> Failure:
         return fail(

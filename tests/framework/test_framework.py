@@ -413,3 +413,17 @@ def test_a_grading_machine_without_a_requirement_stops_before_grading():
     assert environ == {}
     assert [e.name for e in exercises_of(["05_scaled_dot_product"])] == [
         "softmax", "attention_weights", "scaled_dot_product_attention"]
+
+
+def test_judge_gives_the_checks_verdict_on_plain_result_tensors():
+    """A process that never ran the student's code judges the tensors that came back from it."""
+    device = torch.device("cpu")
+    cases = DOUBLE.cases()
+    wrong = [2.0 * c.args[0] for c in cases]  # what `ignores factor` returns, as plain tensors
+    verdicts = [DOUBLE.judge(c, w, device) for c, w in zip(cases, wrong)]
+    assert [v.mistake if v else None for v in verdicts] == [None, "ignores `factor`", None]
+    gradient_case = cases[2]
+    right = double(gradient_case.args[0])
+    assert DOUBLE.judge(gradient_case, right, device, {"x": torch.full_like(right, 2.0)}) is None
+    failure = DOUBLE.judge(gradient_case, right, device, {"x": torch.full_like(right, 3.0)})
+    assert failure.kind == "gradient" and "with respect to `x`" in failure.problem
