@@ -424,6 +424,8 @@ def test_judge_gives_the_checks_verdict_on_plain_result_tensors():
     assert [v.mistake if v else None for v in verdicts] == [None, "ignores `factor`", None]
     gradient_case = cases[2]
     right = double(gradient_case.args[0])
-    assert DOUBLE.judge(gradient_case, right, device, {"x": torch.full_like(right, 2.0)}) is None
-    failure = DOUBLE.judge(gradient_case, right, device, {"x": torch.full_like(right, 3.0)})
+    # gradients of a fixed weighting of the output, linspace(-1, 1) over its entries: 2 × the weights
+    weights = torch.linspace(-1.0, 1.0, right.numel(), dtype=right.dtype).reshape(right.shape)
+    assert DOUBLE.judge(gradient_case, right, device, {"x": 2.0 * weights}) is None
+    failure = DOUBLE.judge(gradient_case, right, device, {"x": 3.0 * weights})
     assert failure.kind == "gradient" and "with respect to `x`" in failure.problem
