@@ -28,9 +28,24 @@ if _env_bin not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _env_bin + os.pathsep + os.environ.get("PATH", "")
 
 # Before autograde starts: stop with a clear error where this machine lacks what the assignment's
-# exercises need (never silent full or zero points), and run Triton kernels in Triton's CPU
-# interpreter where there is no GPU, so a kernel gets the same grade on CPU and GPU.
+# exercises need (never silent full or zero points) or cannot make a sandbox; run Triton kernels in
+# Triton's CPU interpreter where there is no GPU, so a kernel gets the same grade on CPU and GPU.
+# Then grade hardened (course_lib/grading/autograde.py): each notebook runs in a sandboxed kernel
+# (no network, read-only file system but its own folder, no view of solutions/, the gradebook or
+# other submissions, memory/process/CPU limits), and each graded function is called again outside
+# the student's kernel on secret inputs; a grade cell scores the lower of the two verdicts.
+# A failure here must stop autograde: nbgrader would log an error in its config file and grade on
+# without the sandbox.
 if sys.argv[1:2] == ["autograde"]:
-    from course_lib.grading.machine import exercises_of, prepare_grading_machine
+    try:
+        from nbgrader.converters import Autograde
 
-    prepare_grading_machine(exercises_of(a for a in sys.argv[2:] if not a.startswith("-")))
+        from course_lib.grading.autograde import hardened_preprocessors, require_sandbox
+        from course_lib.grading.machine import exercises_of, prepare_grading_machine
+
+        require_sandbox()
+        prepare_grading_machine(exercises_of(a for a in sys.argv[2:] if not a.startswith("-")))
+        c.Autograde.autograde_preprocessors = hardened_preprocessors(Autograde.class_traits()["autograde_preprocessors"].default())
+    except BaseException as error:  # noqa: BLE001 - said in words, then nothing is graded
+        print(f"nbgrader autograde stopped before grading: {type(error).__name__}: {error}", file=sys.stderr)
+        os._exit(2)

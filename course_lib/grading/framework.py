@@ -38,6 +38,7 @@ from torch import nn
 
 from course_lib import runtime
 from course_lib.grading import student_code
+from course_lib.grading.replay_worker import gradient_inputs, weighted_gradients
 from course_lib.grading.compare import Mismatch, close_trees, compare_trees, compare_values, flatten, tolerance_for
 from course_lib.grading.student_code import StudentFailed, call_student, quiet, time_limit
 from course_lib.shortcuts import Forbidden
@@ -103,6 +104,9 @@ class Behaviour:
 
     name: str
     test: Callable[[Callable[..., Any], torch.device, torch.Generator], str | None]
+    # True where the test measures the process that runs the call (e.g. its peak memory): it runs
+    # only beside the call, in the kernel, and the outside verifier says so.
+    measures_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -537,21 +541,9 @@ def _float_leaves(result: Any) -> list[tuple[str, torch.Tensor]]:
 
 def _gradients(result: Any, args: tuple, module: nn.Module | None, names: list[str], renamed: Mapping[str, str]) -> dict:
     """Gradients of a fixed weighting of every output entry, with respect to the floating inputs and
-    (for modules) the parameters — named as the reference names them (``renamed``: the student's
-    parameter name -> the reference's) — so every entry of the output matters."""
-    loss = 0
-    for _, leaf in _float_leaves(result):
-        if leaf.grad_fn is None and not leaf.requires_grad:
-            continue
-        weights = torch.linspace(-1.0, 1.0, leaf.numel(), dtype=leaf.dtype, device=leaf.device).reshape(leaf.shape)
-        loss = loss + (leaf * weights).sum()
-    inputs = {n: a for n, a in zip(names, args) if isinstance(a, torch.Tensor) and a.requires_grad}
-    if module is not None:
-        inputs.update({f"parameter {renamed.get(n, n)}": p for n, p in module.named_parameters()})
-    if not isinstance(loss, torch.Tensor) or not inputs:
-        return dict.fromkeys(inputs)
-    grads = torch.autograd.grad(loss, list(inputs.values()), allow_unused=True)
-    return dict(zip(inputs, grads))
+    (for modules) the parameters — named as the reference names them — so every entry of the
+    output matters (the replay worker computes the same, outside the student's kernel)."""
+    return weighted_gradients(result, gradient_inputs(args, names, module, dict(renamed)))
 
 
 def _changed_inputs(originals: tuple[tuple, dict], current: tuple[tuple, dict], names: list[str]) -> str | None:

@@ -258,7 +258,7 @@ SLIDING_WINDOW_ATTENTION = Exercise(
     make_cases=_banded_cases,
     mistakes=BANDED_MISTAKES,
     forbidden=PYTORCH_SDPA | PYTORCH_FLEX_ATTENTION | _LESSON_REFERENCES,
-    behaviours=(Behaviour("peak memory stays linear in L (no L×L matrix)", _memory_stays_linear),),
+    behaviours=(Behaviour("peak memory stays linear in L (no L×L matrix)", _memory_stays_linear, measures_process=True),),
     depends_on=(SLIDING_WINDOW_MASK,),
 )
 

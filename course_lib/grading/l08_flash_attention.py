@@ -316,7 +316,7 @@ FLASH_ATTENTION = Exercise(
     make_cases=_flash_cases,
     mistakes=_flash_mistakes(),
     forbidden=SOFTMAX_ROUTES | PYTORCH_SDPA | _LOGSUMEXP | _REFERENCES,
-    behaviours=(Behaviour("peak memory linear in the sequence length", _memory_is_linear),),
+    behaviours=(Behaviour("peak memory linear in the sequence length", _memory_is_linear, measures_process=True),),
     depends_on=(ONLINE_SOFTMAX_STATS,),
     timeout_s=60.0,
 )

@@ -32,6 +32,17 @@ FIXTURE_SOLUTIONS = HERE / "fixture_course" / "solutions"
 FIXTURE = "99_fixture"
 NBGRADER = str(Path(sys.executable).with_name("nbgrader"))
 HIDDEN_SALT = "the test course's secret"  # set while grading, as README tells instructors
+# A classic mistake in the fixture's attention_weights: the 1/sqrt(d_k) scale forgotten.
+FORGETS_THE_SCALE = '''def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
+    scores = q @ k.transpose(-2, -1)  # the 1/sqrt(d_k) is missing
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, -math.inf)
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    return softmax(scores, dim=-1)
+'''
 
 
 def notebook_path(folder: Path, lesson: str) -> Path:

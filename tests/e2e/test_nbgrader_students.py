@@ -33,6 +33,7 @@ pytest.importorskip("nbgrader", reason="needs nbgrader (the [lab] extra)")
 from nbgrader_course import (  # noqa: E402 - after the skips above
     FIXTURE,
     FIXTURE_SOLUTIONS,
+    FORGETS_THE_SCALE,
     REPO,
     Course,
     answered,
@@ -51,16 +52,6 @@ _NEVER_RETURNS = '''def attention_weights(q, k, attn_mask=None, is_causal=False,
     while True:  # waits for something that never comes
         pass
 '''
-_FORGETS_THE_SCALE = '''def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
-    scores = q @ k.transpose(-2, -1)  # the 1/sqrt(d_k) is missing
-    if is_causal:
-        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attn_mask, -math.inf)
-    elif attn_mask is not None:
-        scores = scores + attn_mask
-    return softmax(scores, dim=-1)
-'''
 
 
 def _answers(student: str) -> dict[str, str]:
@@ -70,10 +61,10 @@ def _answers(student: str) -> dict[str, str]:
         "ada": {**right, "softmax": right["softmax"] + _KILLS_THE_KERNEL},
         "ben": {**right, "attention_weights": _NEVER_RETURNS},
         "cleo": {},
-        "dan": {**right, "attention_weights": _FORGETS_THE_SCALE},
+        "dan": {**right, "attention_weights": FORGETS_THE_SCALE},
         "eve": right,
         "fay": right,
-        "gus": {**right, "attention_weights": _FORGETS_THE_SCALE},
+        "gus": {**right, "attention_weights": FORGETS_THE_SCALE},
     }[student]
 
 

@@ -1,0 +1,321 @@
+"""The recorded grade's second opinion: the graded functions of a submission, called again outside
+the student's kernel, on inputs drawn from the grader's secret, and judged by the grader.
+
+After nbgrader has run a notebook (in its sandbox), ``verify_notebook`` starts a *fresh* sandboxed
+interpreter (``replay_worker.py``) that runs only the notebook's definitions — the student's
+answer cells and the imports of the instructor's cells, never course_lib (it is not importable
+there) — and asks it to call each function that a grade cell checks, case by case. Only tensors
+and plain data come back (safetensors and JSON). The grader draws the cases, runs the references
+and judges with the same ``Exercise`` as the in-kernel check, so messages and named mistakes are
+the same. The recorded score of a grade cell is the lower of the two verdicts: a failure here adds
+an error to the cell, which nbgrader scores 0.
+
+What is not replayed here is said in the grading record, never silently passed: exercises that
+adapt what the student passes (lesson 08's Triton step), behaviours that measure the process
+itself (peak memory), and cases whose inputs are not tensors or plain data.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures
+import hashlib
+import hmac
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.overrides import resolve_name
+
+from course_lib import runtime
+from course_lib.grading import framework, replay_worker
+from course_lib.grading.framework import Case, Exercise, Failure
+from course_lib.grading.sandbox import Limits, Sandbox, environment_paths
+
+COURSE_LIB = Path(__file__).resolve().parents[1]
+_WORKER_FILES = (Path(__file__).with_name("replay_worker.py"), COURSE_LIB / "shortcuts.py")
+
+
+@dataclass(frozen=True)
+class CheckCall:
+    """One ``check_<exercise>(<function>, hidden=..., seed=...)`` of a grade cell."""
+
+    exercise: str
+    function: str
+    hidden: bool = False
+    seed: int | None = None
+
+
+@dataclass
+class CellVerdict:
+    """The outside verdict on one grade cell: the first failure (None: every call passed), and per
+    check call what decided (``outside``, or ``in-kernel only: <why>``)."""
+
+    grade_id: str
+    failure: Failure | None = None
+    decided_by: list[str] = field(default_factory=list)
+
+
+def check_calls(source: str) -> list[CheckCall]:
+    """The ``check_*`` calls of a grade cell, with literal arguments (others are ignored)."""
+    try:
+        tree = ast.parse(_without_magics(source))
+    except SyntaxError:
+        return []
+    calls = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("check_")
+                and node.args and isinstance(node.args[0], ast.Name)):
+            continue
+        options = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+        calls.append(CheckCall(node.func.id.removeprefix("check_"), node.args[0].id,
+                               bool(options.get("hidden", False)), options.get("seed")))
+    return calls
+
+
+def definitions(nb: Any) -> list[tuple[str, str]]:
+    """(label, source) of what the replay worker runs: every answer cell whole, and the imports of
+    the instructor's code cells (course_lib's left out), in notebook order."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type != "code" or meta.get("grade"):
+            continue
+        source = _without_magics(cell.source)
+        if not meta.get("solution"):
+            source = _imports_only(source)
+        if source.strip():
+            found.append((f"cell {index}" + (f" ({meta['grade_id']})" if meta.get("grade_id") else ""), source))
+    return found
+
+
+def secret_seed(secret: str, call: CheckCall) -> int:
+    """The seed of the outside cases of ``call``: unknown without the grader's secret."""
+    message = f"{call.exercise}:{call.hidden}:{call.seed}".encode()
+    return int.from_bytes(hmac.new(secret.encode(), message, hashlib.sha256).digest()[:7], "little")
+
+
+class WorkerEnded(RuntimeError):
+    """The replay worker ended or stopped answering."""
+
+
+class ReplayWorker:
+    """A sandboxed interpreter that has run a notebook's definitions, ready for calls."""
+
+    def __init__(self, cells: list[tuple[str, str]], *, hidden: list[Path], limits: Limits, cell_timeout: float,
+                 skip: set[str] = frozenset()):
+        self.folder = Path(tempfile.mkdtemp(prefix="course-replay-"))
+        for file in _WORKER_FILES:
+            shutil.copy(file, self.folder / file.name)
+        self.sandbox = Sandbox(self.folder, hidden=[*hidden, COURSE_LIB], readable=environment_paths(),
+                               limits=limits)
+        command = self.sandbox.command([sys.executable, "-I", str(self.folder / "replay_worker.py")])
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, cwd=self.folder)
+        self._reader = concurrent.futures.ThreadPoolExecutor(1)
+        self.problems: dict[str, str] = {}  # cell label -> what went wrong running it
+        self.fatal: str | None = None  # the cell that ended the worker, if one did
+        for label, source in cells:
+            if label in skip:
+                continue
+            try:
+                reply, _ = self.request({"op": "run", "source": source, "label": label}, {}, cell_timeout)
+            except WorkerEnded as ended:
+                self.fatal = label
+                self.problems[label] = str(ended)
+                return
+            if "error" in reply:
+                self.problems[label] = reply.get("problem", "")
+
+    @property
+    def alive(self) -> bool:
+        return self.fatal is None and self.process.poll() is None
+
+    def request(self, header: dict, tensors: dict[str, torch.Tensor], timeout: float) -> tuple[dict, dict]:
+        try:
+            replay_worker.write_message(self.process.stdin, header, tensors)
+            future = self._reader.submit(replay_worker.read_message, self.process.stdout)
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self.close()
+            raise WorkerEnded(f"did not finish within {timeout:g} s") from None
+        except (EOFError, OSError, ValueError) as error:
+            self.close()
+            code = self.process.wait()
+            why = "it ran out of memory or was killed" if code in (-9, 137) else f"exit status {code}"
+            raise WorkerEnded(f"the grading process ended ({why}): {error}") from None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.shutdown(wait=False, cancel_futures=True)
+        self.sandbox.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hidden: list[Path],
+                    limits: Limits = Limits(), cell_timeout: float = 60.0) -> dict[str, CellVerdict]:
+    """The outside verdict on every grade cell of an executed notebook, by grade id; a cell of
+    definitions that runs past ``cell_timeout`` seconds is left out (it scores 0 for itself)."""
+    cells = definitions(nb)
+    verdicts: dict[str, CellVerdict] = {}
+    skip: set[str] = set()
+    worker: ReplayWorker | None = None
+    try:
+        for cell in nb.cells:
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if not (meta.get("grade") and cell.cell_type == "code"):
+                continue
+            verdict = verdicts[meta["grade_id"]] = CellVerdict(meta["grade_id"])
+            for call in check_calls(cell.source):
+                exercise = exercises.get(call.exercise)
+                if exercise is None:
+                    verdict.decided_by.append(f"{call.exercise}: in-kernel only (no such exercise)")
+                    continue
+                if worker is None or not worker.alive:
+                    worker, skip = _fresh_worker(worker, cells, skip, hidden=hidden, limits=limits,
+                                                 cell_timeout=cell_timeout)
+                failure, decided = _verify_call(worker, exercise, call, secret)
+                verdict.decided_by.append(f"{call.exercise}: {decided}")
+                if failure and verdict.failure is None:
+                    verdict.failure = failure
+    finally:
+        if worker is not None:
+            worker.close()
+    return verdicts
+
+
+def _fresh_worker(old: ReplayWorker | None, cells: list[tuple[str, str]], skip: set[str],
+                  **options: Any) -> tuple[ReplayWorker, set[str]]:
+    """A new worker; a cell that ended an earlier one is left out (it scores 0 for itself only)."""
+    if old is not None:
+        old.close()
+        if old.fatal:
+            skip = skip | {old.fatal}
+    while True:
+        worker = ReplayWorker(cells, skip=skip, **options)
+        if worker.fatal is None:
+            return worker, skip
+        skip = skip | {worker.fatal}
+        worker.close()
+
+
+def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secret: str) -> tuple[Failure | None, str]:
+    if exercise.adapt is not None:
+        return None, "in-kernel only (what the student passes is adapted inside the kernel)"
+    device = runtime.device()
+    cases = exercise.make_cases(runtime.generator(secret_seed(secret, call)))
+    timeout = exercise.timeout_s or framework.student_code.CALL_TIMEOUT_SECONDS
+    try:
+        for case in cases:
+            failure = _replay_case(worker, exercise, call.function, case, device, timeout)
+            if failure:
+                return failure, "outside"
+    except _NotReplayable as reason:
+        return None, f"in-kernel only ({reason})"
+    skipped = [b.name for b in exercise.behaviours if b.measures_process]
+    for behaviour in exercise.behaviours:
+        if behaviour.measures_process:
+            continue
+        problem = _replay_behaviour(worker, exercise, call.function, behaviour, device, timeout, secret, call)
+        if problem:
+            return Failure(exercise.name, "behaviour", problem, behaviour=behaviour.name), "outside"
+    return None, "outside" + (f" (in-kernel only: {', '.join(skipped)})" if skipped else "")
+
+
+class _NotReplayable(Exception):
+    pass
+
+
+def _call_header(exercise: Exercise, function: str, device: torch.device, tensors: dict, args: tuple,
+                 kwargs: dict, case: Case | None = None) -> dict:
+    try:
+        header = {
+            "op": "call", "name": function, "device": str(device), "module": bool(exercise.module),
+            "args": replay_worker.encode(tuple(args), tensors), "kwargs": replay_worker.encode(dict(kwargs), tensors),
+            "grad": bool(case and case.check_gradients), "input_names": framework._input_names(exercise),
+            "functions": {resolve_name(f) or str(f): why for f, why in exercise.forbidden.functions.items()},
+            "operators": dict(exercise.forbidden.operators),
+        }
+        if exercise.module and case is not None:
+            header["init"] = replay_worker.encode(dict(case.init or {}), tensors)
+            header["state"] = replay_worker.encode(dict(case.state or {}), tensors)
+            header["parameter_names"] = dict(exercise.module.parameter_names)
+    except TypeError as error:
+        raise _NotReplayable(f"its inputs hold {error}") from None
+    return header
+
+
+def _replay_case(worker: ReplayWorker, exercise: Exercise, function: str, case: Case, device: torch.device,
+                 timeout: float) -> Failure | None:
+    tensors: dict[str, torch.Tensor] = {}
+    header = _call_header(exercise, function, device, tensors, case.args, case.kwargs, case)
+    fail = exercise._fail(case)
+    try:
+        reply, out = worker.request(header, tensors, timeout)
+    except WorkerEnded as ended:
+        return fail("timeout" if "within" in str(ended) else "exception", f"your function {ended}")
+    if "error" in reply:
+        return fail(reply["error"] if reply["error"] == "shortcut" else "exception", reply.get("problem", ""))
+    out = {k: t.to(device) for k, t in out.items()}
+    result = replay_worker.decode(reply["result"], out)
+    gradients = replay_worker.decode(reply["gradients"], out) if "gradients" in reply else None
+    return exercise.judge(case, result, device, gradients)
+
+
+def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, secret, call) -> str | None:  # noqa: ANN001
+    def remote(*args: Any, **kwargs: Any) -> torch.Tensor:
+        tensors: dict[str, torch.Tensor] = {}
+        reply, out = worker.request(_call_header(exercise, function, device, tensors, args, kwargs), tensors, timeout)
+        if "error" in reply:
+            raise _BehaviourCallFailed(reply.get("problem", ""))
+        result = replay_worker.decode(reply["result"], {k: t.to(device) for k, t in out.items()})
+        if not isinstance(result, torch.Tensor):
+            raise _BehaviourCallFailed(f"expected a torch.Tensor, got {type(result).__name__}")
+        return result
+
+    try:
+        return behaviour.test(remote, device, runtime.generator(secret_seed(secret, call) + 1))
+    except _BehaviourCallFailed as failed:
+        return str(failed)
+    except WorkerEnded as ended:
+        return f"your function {ended}"
+
+
+class _BehaviourCallFailed(Exception):
+    pass
+
+
+def _imports_only(source: str) -> str:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ""
+    kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+            and not any(name.startswith("course_lib") for name in _imported_modules(node))]
+    return "\n".join(ast.unparse(node) for node in kept)
+
+
+def _imported_modules(node: ast.Import | ast.ImportFrom) -> Iterator[str]:
+    if isinstance(node, ast.ImportFrom):
+        yield node.module or ""
+    else:
+        yield from (alias.name for alias in node.names)
+
+
+def _without_magics(source: str) -> str:
+    """A cell's source without IPython's line magics and shell escapes (plain Python runs it)."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
+def grading_secret() -> str:
+    """The grader's secret: the course's salt where the instructor set one, else a new random one."""
+    return os.environ.get(framework.HIDDEN_SALT_ENV_VAR) or os.urandom(16).hex()

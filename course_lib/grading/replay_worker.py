@@ -1,0 +1,218 @@
+"""The replay worker: a fresh interpreter, inside a sandbox, that runs a submission's definitions and
+calls its graded functions on inputs the grader sends; only plain data and tensors go back.
+
+It is the outside half of grading (``course_lib.grading.outside`` is the grader's half). It runs as
+a script (``python -I replay_worker.py``), with course_lib *not* importable — the sandbox hides it —
+so a graded function cannot hand the course's own reference answer back. It imports nothing of
+course_lib but ``shortcuts.py``, copied beside it, to refuse PyTorch's shortcuts.
+
+Protocol, on the file descriptors it is started with (the student's code gets /dev/null for stdin,
+stdout and stderr): each message is a JSON header line, then (for messages with tensors) a
+safetensors payload of the length the header gives — never pickle. Requests: ``{"op": "run", "source"}``
+runs a cell's code; ``{"op": "call", ...}`` calls a graded function or builds a graded module, and
+answers with its result (a tree of tensors and plain values) and, if asked, the gradients of the
+fixed weighting that ``weighted_gradients`` defines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any, BinaryIO
+
+import torch
+
+TENSOR = "__tensor__"
+
+
+# --- trees of tensors and plain values, as JSON plus named tensors --------------------------------
+
+
+def encode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able form of ``tree``; its tensors go into ``tensors`` under the names it refers to."""
+    if isinstance(tree, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = tree.detach().cpu().contiguous()
+        return {TENSOR: name}
+    if isinstance(tree, tuple):  # named tuples too: the grader compares items
+        return {"tuple": [encode(v, tensors) for v in tree]}
+    if isinstance(tree, list):
+        return {"list": [encode(v, tensors) for v in tree]}
+    if isinstance(tree, dict):
+        if not all(isinstance(k, str) for k in tree):
+            raise TypeError("a dict with keys that are not strings")
+        return {"dict": {k: encode(v, tensors) for k, v in tree.items()}}
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return {"value": tree}
+    if isinstance(tree, torch.dtype):
+        return {"dtype": str(tree).removeprefix("torch.")}
+    raise TypeError(f"a {type(tree).__name__}, which is not a tensor or plain data")
+
+
+def decode(form: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    (kind, value), = form.items()
+    if kind == TENSOR:
+        return tensors[value]
+    if kind == "tuple":
+        return tuple(decode(v, tensors) for v in value)
+    if kind == "list":
+        return [decode(v, tensors) for v in value]
+    if kind == "dict":
+        return {k: decode(v, tensors) for k, v in value.items()}
+    if kind == "dtype":
+        return getattr(torch, value)
+    return value
+
+
+def write_message(stream: BinaryIO, header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import save  # noqa: PLC0415 - safetensors is needed only with tensors
+
+    payload = save(tensors) if tensors else b""
+    stream.write(json.dumps({**header, "payload": len(payload)}).encode() + b"\n" + payload)
+    stream.flush()
+
+
+def read_message(stream: BinaryIO, max_bytes: int = 1 << 31) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    line = stream.readline(1 << 24)
+    if not line:
+        raise EOFError("the other side closed the connection")
+    header = json.loads(line)
+    size = int(header.pop("payload", 0))
+    if not 0 <= size <= max_bytes:
+        raise ValueError(f"a message of {size} bytes")
+    payload = stream.read(size) if size else b""
+    if len(payload) != size:
+        raise EOFError("the message was cut short")
+    if not payload:
+        return header, {}
+    from safetensors.torch import load  # noqa: PLC0415
+
+    return header, load(payload)
+
+
+# --- what is computed from a result ---------------------------------------------------------------
+
+
+def float_leaves(result: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a result (a tensor, or tuples, lists and dicts of them), in order."""
+    if isinstance(result, torch.Tensor):
+        return [result] if result.is_floating_point() else []
+    if isinstance(result, (tuple, list)):
+        return [leaf for item in result for leaf in float_leaves(item)]
+    if isinstance(result, dict):
+        return [leaf for item in result.values() for leaf in float_leaves(item)]
+    return []
+
+
+def gradient_inputs(args: tuple, names: list[str], module: torch.nn.Module | None,
+                    renamed: dict[str, str]) -> dict[str, torch.Tensor]:
+    """What gradients are taken for: the inputs that require one, by name, and (for modules) the
+    parameters, named as the reference names them (``renamed``: the student's name -> the reference's)."""
+    inputs = {n: a for n, a in zip(names, args) if isinstance(a, torch.Tensor) and a.requires_grad}
+    if module is not None:
+        inputs.update({f"parameter {renamed.get(n, n)}": p for n, p in module.named_parameters()})
+    return inputs
+
+
+def weighted_gradients(result: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """Gradients of a fixed weighting of every output entry (weights from -1 to 1 along the flattened
+    leaf) with respect to ``inputs``, so every entry of the output matters; None where none flows."""
+    loss = 0
+    for leaf in float_leaves(result):
+        if leaf.grad_fn is None and not leaf.requires_grad:
+            continue
+        weights = torch.linspace(-1.0, 1.0, leaf.numel(), dtype=leaf.dtype, device=leaf.device).reshape(leaf.shape)
+        loss = loss + (leaf * weights).sum()
+    if not isinstance(loss, torch.Tensor) or not inputs:
+        return dict.fromkeys(inputs)
+    grads = torch.autograd.grad(loss, list(inputs.values()), allow_unused=True)
+    return dict(zip(inputs, grads))
+
+
+# --- the worker -----------------------------------------------------------------------------------
+
+
+def _refusing(functions: dict[str, str], operators: dict[str, str]):  # noqa: ANN202
+    """The shortcut guard of course_lib.shortcuts (copied beside this script), on PyTorch names."""
+    import shortcuts  # noqa: PLC0415 - the copy beside this script
+    from torch.overrides import get_overridable_functions, resolve_name  # noqa: PLC0415
+
+    by_name = {resolve_name(f): f for fs in get_overridable_functions().values() for f in fs}
+    return shortcuts.forbid({by_name[n]: why for n, why in functions.items() if n in by_name}, (), operators)
+
+
+def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    name = header["name"]
+    if name not in namespace:
+        return {"error": "name", "problem": f"the notebook does not define `{name}`"}, {}
+    target = namespace[name]
+    device = torch.device(header.get("device", "cpu"))
+    tensors = {k: t.to(device) for k, t in tensors.items()}
+    args = decode(header["args"], tensors)
+    kwargs = decode(header["kwargs"], tensors)
+    if header.get("grad"):
+        args = tuple(a.detach().clone().requires_grad_(True)
+                     if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    with _refusing(header.get("functions", {}), header.get("operators", {})):
+        if header.get("module"):
+            module = target(**decode(header["init"], tensors))
+            if not isinstance(module, torch.nn.Module):
+                return {"error": "type", "problem": f"{name}(...) did not build an nn.Module"}, {}
+            state = decode(header["state"], tensors)
+            names = header.get("parameter_names", {})
+            dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+            module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
+            own = dict(module.named_parameters())
+            with torch.no_grad():
+                for ref_name, value in state.items():
+                    own[names.get(ref_name, ref_name)].copy_(value)
+            target = module
+        result = target(*args, **kwargs)
+    out: dict[str, torch.Tensor] = {}
+    answer = {"result": encode(result, out)}
+    if header.get("grad"):
+        renamed = {v: k for k, v in header.get("parameter_names", {}).items()}
+        module = target if header.get("module") else None
+        inputs = gradient_inputs(args, header["input_names"], module, renamed)
+        answer["gradients"] = encode(weighted_gradients(result, inputs), out)
+    return answer, out
+
+
+def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+    while True:
+        try:
+            header, tensors = read_message(requests)
+        except EOFError:
+            return
+        try:
+            if header["op"] == "run":
+                exec(compile(header["source"], header.get("label", "<cell>"), "exec"), namespace)  # noqa: S102
+                write_message(replies, {"ok": True})
+            elif header["op"] == "call":
+                answer, out = _call(namespace, header, tensors)
+                write_message(replies, answer, out)
+        except BaseException as error:  # noqa: BLE001 - the student's code may raise anything, SystemExit too
+            last = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+            where = f" (line {last[0].lineno})" if last else ""
+            shortcut = type(error).__name__ == "ShortcutUsed"
+            write_message(replies, {"error": "shortcut" if shortcut else "exception",
+                                    "problem": f"{type(error).__name__}{where}: {error}"})
+
+
+def main() -> None:
+    # The protocol keeps its own copies of stdin and stdout; the student's code gets /dev/null.
+    requests = os.fdopen(os.dup(0), "rb")
+    replies = os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    sys.argv = ["replay"]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shortcuts.py, copied beside this file
+    serve(requests, replies)
+
+
+if __name__ == "__main__":
+    main()

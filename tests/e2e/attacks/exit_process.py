@@ -1,0 +1,4 @@
+# Ends the kernel's process outright.
+import os
+
+os._exit(0)

@@ -1,0 +1,3 @@
+# Never finishes the cell that defines the answer.
+while True:
+    pass

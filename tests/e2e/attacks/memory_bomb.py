@@ -1,0 +1,4 @@
+# Allocates memory until something stops it.
+hoard = []
+while True:
+    hoard.append(bytearray(64 << 20))

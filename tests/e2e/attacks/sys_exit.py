@@ -1,0 +1,4 @@
+# Asks the interpreter to exit.
+import sys
+
+sys.exit(0)
