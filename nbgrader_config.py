@@ -49,3 +49,18 @@ if sys.argv[1:2] == ["autograde"]:
     except BaseException as error:  # noqa: BLE001 - said in words, then nothing is graded
         print(f"nbgrader autograde stopped before grading: {type(error).__name__}: {error}", file=sys.stderr)
         os._exit(2)
+
+# Feedback names every test, public and hidden, with its verdict and message, and shows no hidden
+# test code, seed or traceback (course_lib/grading/feedback.py).
+if sys.argv[1:2] == ["generate_feedback"]:
+    try:
+        from nbgrader.converters import GenerateFeedback
+
+        from course_lib.grading.feedback import HiddenTestsRemoved
+
+        c.GenerateFeedback.preprocessors = [
+            HiddenTestsRemoved, *GenerateFeedback.class_traits()["preprocessors"].default()
+        ]
+    except BaseException as error:  # noqa: BLE001 - never hand out feedback that shows the hidden tests
+        print(f"nbgrader generate_feedback stopped: {type(error).__name__}: {error}", file=sys.stderr)
+        os._exit(2)

@@ -98,6 +98,8 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         command = super().format_kernel_cmd(extra_arguments)
+        # A signal sent to the sandbox would stop at bubblewrap: interrupt through the kernel's control channel.
+        self.kernel_spec.interrupt_mode = "message"
         if self.sandbox is not None:  # a restart: the old sandbox's processes are gone
             self.sandbox.close()
         workdir = self._launch_args.get("cwd") or os.getcwd()
@@ -206,7 +208,7 @@ class VerifyOutside(SandboxLimits, NbGraderPreprocessor):
             if verdict.failure and not in_kernel_failed:
                 message = verdict.failure.message
                 cell.outputs.append(NotebookNode(
-                    output_type="error", ename="FailedOutside", evalue=message.split("\n")[0],
+                    output_type="error", ename="FailedOutside", evalue=message,
                     traceback=["Checked again outside your notebook, on new inputs:", *message.split("\n")]))
             decided = "in-kernel" if in_kernel_failed else ("outside" if verdict.failure else "both passed")
             cells[grade_id] = {"decided": decided, "calls": verdict.decided_by,

@@ -139,6 +139,7 @@ class Sandbox:
                 args += ["--ro-bind", str(path), str(path)]
         for path in [*self.writable, self.workdir]:
             args += ["--bind", str(path), str(path)]
+        args += ["--dir", PRIVATE_HOME]
         args += ["--chdir", str(self.workdir), "--clearenv"]
         environment = {k: v for k, v in self.environment.items() if k in PASSED_ENVIRONMENT}
         environment.update(

@@ -4,8 +4,9 @@ course's real checks, a few seconds to grade): generate, release, fetch, submit,
 zip_collect, autograde, generate_feedback, export — the real command line, a throw-away course.
 
 Students, in the order nbgrader grades them (it sorts them by id):
-  ada   — her softmax cell kills the kernel (os._exit): her notebook fails to grade, and she is
-          graded first, so everyone after her shows that the batch goes on.
+  ada   — her softmax cell kills the kernel (os._exit): that cell scores 0 (and so does what needs
+          her softmax), the rest of her notebook is graded in a new kernel; she is graded first, so
+          everyone after her shows that the batch goes on.
   ben   — his attention_weights never returns: the check stops it, that exercise scores 0.
   cleo  — submits the release untouched: 0 points, every check says what is missing.
   dan   — softmax right, attention_weights without the 1/√d_k scale: softmax's points only.
@@ -34,6 +35,7 @@ from nbgrader_course import (  # noqa: E402 - after the skips above
     FIXTURE,
     FIXTURE_SOLUTIONS,
     FORGETS_THE_SCALE,
+    HIDDEN_SALT,
     REPO,
     Course,
     answered,
@@ -76,7 +78,7 @@ PASSES = {  # the grade cells each student passes
     "eve": ("check_softmax", "check_attention_weights"), "fay": ("check_softmax", "check_attention_weights"),
     "gus": ("check_softmax",),
 }
-GRADED = tuple(s for s in PASSES if s != "ada")
+GRADED = tuple(PASSES)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -171,13 +173,15 @@ def test_a_function_that_never_returns_is_stopped_by_its_check(course):
     assert error.startswith("CheckFailed") and "did not return within" in error, error
 
 
-def test_a_kernel_that_dies_fails_only_its_own_notebook(course):
-    """Does one student's dead kernel stop the batch, or cost anyone else a point?"""
-    assert course.autograded("ada", FIXTURE) is None
-    assert course.batch.returncode != 0  # nbgrader reports the failure to the instructor ...
-    assert f"There was an error processing assignment '{FIXTURE}' for student 'ada'" in course.batch.stderr
-    # ... after grading everyone else: ada came first, all the others were graded after her.
-    log = course.batch.stderr
+def test_a_kernel_that_dies_costs_only_its_own_cell(course):
+    """Does one student's dead kernel stop her notebook, the batch, or cost anyone else a point?"""
+    graded = course.autograded("ada", FIXTURE)
+    assert graded is not None
+    killer = next(c for c in graded.cells if nbgrader_meta(c).get("grade_id") == "softmax")
+    assert [o.ename for o in killer.outputs if o.output_type == "error"] == ["KernelDied"]
+    assert course.score("ada", FIXTURE) == 0  # her softmax never got defined; nothing else is lost
+    assert course.batch.returncode == 0, course.batch.stderr[-3000:]
+    log = course.batch.stderr  # ada came first, all the others were graded after her
     first_seen = {s: log.find(f"/submitted/{s}/") for s in PASSES}
     assert all(first_seen[s] >= 0 for s in PASSES), first_seen
     assert sorted(PASSES, key=first_seen.get)[0] == "ada", first_seen
@@ -209,7 +213,6 @@ def test_feedback_for_every_graded_student_shows_their_score(course):
         assert feedback.exists(), feedback
         total = sum(course.points.values())
         assert f"Score: {_expected(course, student):.1f} / {total:.1f}" in feedback.read_text(), student
-    assert not (course.root / "feedback" / "ada").exists()
 
 
 def test_export_writes_the_expected_grades(course):
@@ -224,3 +227,13 @@ def test_export_writes_the_expected_grades(course):
 def test_one_student_autogrades_in_seconds(course):
     seconds = course.autograde_seconds[("eve", FIXTURE)]
     assert seconds < FIXTURE_BUDGET_SECONDS, f"the fixture took {seconds:.0f} s to autograde"
+
+
+def test_feedback_names_every_test_and_shows_no_hidden_test_code(course):
+    """Does the feedback say how each hidden check went, without its code, seed or the salt?"""
+    for student in PASSES:
+        html = notebook_path(course.root / "feedback" / student, FIXTURE).with_suffix(".html").read_text()
+        assert "hidden=True" not in html and "seed=" not in html and HIDDEN_SALT not in html, student
+        assert html.count("and 1 hidden check") == len(course.points), student
+    dan = notebook_path(course.root / "feedback" / "dan", FIXTURE).with_suffix(".html").read_text()
+    assert "check_attention_weights: case" in dan  # the failing check's own message
