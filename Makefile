@@ -18,7 +18,7 @@ LAB_CONFIG_PATH := $(abspath lab_config)$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_C
 comma := ,
 TEST_EXTRAS := lab,dev$(if $(filter Linux,$(shell uname -s)),$(comma)triton)
 
-.PHONY: lab test test-gpu release bench clean
+.PHONY: lab test test-gpu release bench grade clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ release: $(LAB_INSTALLED)
 # `make bench BENCH=name` runs one; COURSE_DEVICE=cpu|cuda chooses the device.
 bench: $(TEST_INSTALLED)
 	$(BIN)/python -m course_lib.bench $(BENCH)
+
+# Autograde every submission of ASSIGNMENT in parallel (sandboxed, resumable): `make grade ASSIGNMENT=05_scaled_dot_product WORKERS=2`.
+WORKERS ?= 2
+grade: $(LAB_INSTALLED)
+	$(BIN)/python -m course_lib.grading.batch $(ASSIGNMENT) --workers $(WORKERS)
 
 # Never removes gradebook.db: it holds the grades.
 clean:

@@ -17,9 +17,10 @@ c.CourseDirectory.release_directory = "notebooks"
 c.Execute.timeout = 120
 
 # `nbgrader zip_collect` (submissions downloaded from an LMS): a file named
-# <student>_<anything>_<NN_slug>[-N].ipynb, as Canvas names them, is NN_slug.ipynb from <student>.
+# <student>_<anything>_<NN_slug>[-N].ipynb, as Canvas names them, is NN_slug.ipynb from <student>;
+# so is <student>_<anything>_Copy of <NN_slug>.ipynb, a Colab download uploaded to the LMS.
 c.FileNameCollectorPlugin.named_regexp = (
-    r".*/(?P<student_id>[^/_]+)_(?:[^/]*_)?(?P<file_id>\d\d_[a-z0-9_]*[a-z0-9])(?:-\d+)?\.ipynb$"
+    r".*/(?P<student_id>[^/_]+)_(?:[^/]*[_ ])?(?P<file_id>\d\d_[a-z0-9_]*[a-z0-9])(?:-\d+)?\.ipynb$"
 )
 
 # nbgrader runs its tools (alembic, jupyter) by name: the environment's bin/ must be on PATH.

@@ -44,8 +44,9 @@ from course_lib.grading.student_code import StudentFailed, call_student, quiet, 
 from course_lib.shortcuts import Forbidden
 
 # The course is open, so anyone can draw the hidden cases of `hidden=True, seed=N` and tabulate the
-# answers. An instructor who sets this variable while autograding mixes a secret into every hidden
-# seed: the hidden inputs can then not be known in advance.
+# answers. Where this variable is set, hidden seeds are mixed with that secret. The course's autograde
+# keeps it out of the student's kernel (course_lib/grading/sandbox.py): there it seeds the cases of
+# the outside verdict (course_lib/grading/outside.py), which the notebook never sees.
 HIDDEN_SALT_ENV_VAR = "COURSE_HIDDEN_SALT"
 _MAX_MESSAGE_VALUES = 3
 

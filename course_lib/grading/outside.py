@@ -2,9 +2,9 @@
 the student's kernel, on inputs drawn from the grader's secret, and judged by the grader.
 
 After nbgrader has run a notebook (in its sandbox), ``verify_notebook`` starts a *fresh* sandboxed
-interpreter (``replay_worker.py``) that runs only the notebook's definitions — the student's
-answer cells and the imports of the instructor's cells, never course_lib (it is not importable
-there) — and asks it to call each function that a grade cell checks, case by case. Only tensors
+interpreter (``replay_worker.py``) that runs the notebook's code again — the student's answer
+cells, and the instructor's cells statement by statement — without course_lib (it is not
+importable there, so nothing that needs it runs), never the grade cells — and asks it to call each function that a grade cell checks, case by case. Only tensors
 and plain data come back (safetensors and JSON). The grader draws the cases, runs the references
 and judges with the same ``Exercise`` as the in-kernel check, so messages and named mistakes are
 the same. The recorded score of a grade cell is the lower of the two verdicts: a failure here adds
@@ -81,19 +81,21 @@ def check_calls(source: str) -> list[CheckCall]:
 
 
 def definitions(nb: Any) -> list[tuple[str, str]]:
-    """(label, source) of what the replay worker runs: every answer cell whole, and the imports of
-    the instructor's code cells (course_lib's left out), in notebook order."""
+    """(label, source) of what the replay worker runs, in notebook order: every answer cell whole,
+    and the instructor's code cells statement by statement (so a statement that needs course_lib,
+    which the worker cannot import, fails alone and the constants and helpers around it are kept)."""
     found = []
     for index, cell in enumerate(nb.cells):
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if cell.cell_type != "code" or meta.get("grade"):
             continue
+        label = f"cell {index}" + (f" ({meta['grade_id']})" if meta.get("grade_id") else "")
         source = _without_magics(cell.source)
-        if not meta.get("solution"):
-            source = _imports_only(source)
-        if source.strip():
-            found.append((f"cell {index}" + (f" ({meta['grade_id']})" if meta.get("grade_id") else ""), source))
-    return found
+        if meta.get("solution"):
+            found.append((label, source))
+        else:
+            found += [(f"{label}, line {line}", statement) for line, statement in _statements(source)]
+    return [(label, source) for label, source in found if source.strip()]
 
 
 def secret_seed(secret: str, call: CheckCall) -> int:
@@ -294,14 +296,15 @@ class _BehaviourCallFailed(Exception):
     pass
 
 
-def _imports_only(source: str) -> str:
+def _statements(source: str) -> list[tuple[int, str]]:
+    """The top-level statements of an instructor's cell, with their line numbers; imports of course_lib left out."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
-        return ""
-    kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-            and not any(name.startswith("course_lib") for name in _imported_modules(node))]
-    return "\n".join(ast.unparse(node) for node in kept)
+        return []
+    return [(node.lineno, ast.unparse(node)) for node in tree.body
+            if not (isinstance(node, (ast.Import, ast.ImportFrom))
+                    and any(name.split(".")[0] == "course_lib" for name in _imported_modules(node)))]
 
 
 def _imported_modules(node: ast.Import | ast.ImportFrom) -> Iterator[str]:

@@ -34,7 +34,8 @@ def encode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """A JSON-able form of ``tree``; its tensors go into ``tensors`` under the names it refers to."""
     if isinstance(tree, torch.Tensor):
         name = f"t{len(tensors)}"
-        tensors[name] = tree.detach().cpu().contiguous()
+        # A contiguous copy: safetensors refuses strided views and tensors that share memory.
+        tensors[name] = tree.detach().cpu().clone(memory_format=torch.contiguous_format)
         return {TENSOR: name}
     if isinstance(tree, tuple):  # named tuples too: the grader compares items
         return {"tuple": [encode(v, tensors) for v in tree]}

@@ -95,8 +95,9 @@ class Sandbox:
         environment: dict[str, str] | None = None,
     ):
         self.workdir = Path(workdir).resolve()
-        self.hidden = [Path(p).resolve() for p in hidden]
-        self.readable = [Path(p).resolve() for p in readable]
+        # Outer folders first: a folder hidden (or re-exposed) inside another is mounted after it.
+        self.hidden = sorted({Path(p).resolve() for p in hidden}, key=lambda p: len(p.parts))
+        self.readable = sorted({Path(p).resolve() for p in readable}, key=lambda p: len(p.parts))
         self.writable = [Path(p).resolve() for p in writable]
         self.limits = limits
         self.environment = environment if environment is not None else dict(os.environ)

@@ -117,6 +117,19 @@ class Course:
         self.nbgrader("autograde", lesson, f"--student={student}", "--force")
         self.autograde_seconds[(student, lesson)] = time.perf_counter() - start
 
+    def grade(self, lesson: str, workers: int) -> subprocess.CompletedProcess:
+        """The instructor's batch command (``make grade``): every submission, ``workers`` at a time."""
+        env = dict(os.environ, COURSE_HIDDEN_SALT=HIDDEN_SALT)
+        env.pop("COURSE_DEVICE", None)
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "course_lib.grading.batch", lesson, f"--workers={workers}"],
+            cwd=self.root, env=env, capture_output=True, text=True, timeout=1800,
+        )
+        self.log.append(f"$ python -m course_lib.grading.batch {lesson} --workers={workers}  (exit {result.returncode}, "
+                        f"{time.perf_counter() - start:.1f} s)\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
     def autograded(self, student: str, lesson: str) -> nbformat.NotebookNode | None:
         path = notebook_path(self.root / "autograded" / student, lesson)
         return nbformat.read(path, as_version=4) if path.exists() else None

@@ -1,5 +1,6 @@
-"""Can a notebook fake its grade? One batch of adversarial submissions, graded with the real
-``nbgrader autograde`` on the fixture assignment (softmax: 1 point, attention_weights: 2 points).
+"""Can a notebook fake its grade? One batch of adversarial submissions, graded by the instructor's
+command (``make grade``: ``python -m course_lib.grading.batch``, 2 workers, each running the real
+``nbgrader autograde``) on the fixture assignment (softmax: 1 point, attention_weights: 2 points).
 
 Every attacker writes the *wrong* attention_weights (no 1/√d_k scale, as dan does in
 test_nbgrader_students.py) plus one attack from tests/e2e/attacks/, in the same answer cell; a
@@ -15,6 +16,7 @@ import os
 import socket
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -38,18 +40,20 @@ pytestmark = pytest.mark.nbgrader
 ATTACKS = Path(__file__).with_name("attacks")
 ATTACK_NAMES = sorted(p.stem for p in ATTACKS.glob("*.py"))
 RIGHT = solution_answers(notebook_path(FIXTURE_SOLUTIONS, FIXTURE))
-CONTROLS = {"a_right": 3.0, "b_noscale": 1.0, "c_blank": 0.0, "z_noscale_after": 1.0, "z_right_after": 3.0}
+CONTROLS = {"a_right": 3.0, "b_noscale": 1.0, "c_blank": 0.0, "y_colab_copy": 3.0, "z_noscale_after": 1.0,
+            "z_right_after": 3.0}
+RENAMED = {"y_colab_copy": f"Copy of {FIXTURE}.ipynb"}  # as Colab names a download
 ATTACKERS = {f"x_{name}": 1.0 for name in ATTACK_NAMES}
 EXPECTED = {**CONTROLS, **ATTACKERS}
 OUTSIDE_FILES = ("/tmp/attack_file", os.path.expanduser("~/attack_file"))
 # What the course's grading writes; everything else under the course root must stay as it was.
-GRADER_OUTPUTS = ("autograded", "feedback", "grading_records", "gradebook.db", ".nbgrader.log")
+GRADER_OUTPUTS = ("autograded", "feedback", "grading_records", "gradebook.db", ".nbgrader.log", ".grading")
 
 
 def _answers(student: str, port: int) -> dict[str, str]:
     if student == "c_blank":
         return {}
-    if student.endswith("right") or student.endswith("right_after"):
+    if student.endswith(("right", "right_after", "colab_copy")):
         return RIGHT
     wrong = {**RIGHT, "attention_weights": FORGETS_THE_SCALE}
     if student in ATTACKERS:
@@ -99,13 +103,18 @@ def batch(tmp_path_factory, autograde_times):
         release = nbformat.read(course.generate(FIXTURE), as_version=4)
         for student in EXPECTED:
             submitted = notebook_path(course.root / "submitted" / student, FIXTURE)
+            submitted = submitted.with_name(RENAMED.get(student, submitted.name))
             submitted.parent.mkdir(parents=True)
             nbformat.write(answered(nbformat.from_dict(release), _answers(student, listener.port)), submitted)
         before = {"course": _course_root_listing(course.root), "site": _site_customizations(),
                   "outside": [p for p in OUTSIDE_FILES if Path(p).exists()]}
-        result = course.nbgrader("autograde", FIXTURE, "--force", check=False)
-        autograde_times[f"{FIXTURE}: {len(EXPECTED)} adversarial submissions, per submission"] = round(
-            float(course.log[-1].split(", ")[1].split(" s)")[0]) / len(EXPECTED), 1)
+        start = time.perf_counter()
+        result = course.grade(FIXTURE, workers=2)
+        seconds = time.perf_counter() - start
+        autograde_times[f"{FIXTURE}: {len(EXPECTED)} adversarial submissions, 2 workers, per submission"] = round(
+            seconds / len(EXPECTED), 1)
+        course.scores_after_first_run = {s: course.score(s, FIXTURE) for s in EXPECTED}
+        course.again = course.grade(FIXTURE, workers=2)  # as after a kill: nothing left to grade
         yield course, result, before, listener
     finally:
         listener.socket.close()
@@ -125,6 +134,13 @@ def test_the_batch_finishes_and_grades_everyone(batch):
 def test_no_attack_raises_a_grade_and_no_control_changes(batch, student):
     course, _, _, _ = batch
     assert course.score(student, FIXTURE) == EXPECTED[student]
+
+
+def test_run_again_it_grades_nothing_twice(batch):
+    course, _, _, _ = batch
+    assert course.again.returncode == 0, course.again.stderr[-3000:]
+    assert f"{len(EXPECTED)} already graded, 0 to grade" in course.again.stdout
+    assert {s: course.score(s, FIXTURE) for s in EXPECTED} == course.scores_after_first_run
 
 
 def test_nothing_outside_the_submissions_is_touched(batch):

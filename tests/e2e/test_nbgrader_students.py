@@ -14,6 +14,8 @@ Students, in the order nbgrader grades them (it sorts them by id):
 From an LMS download (`zip_collect`, Canvas-style file names):
   fay   — everything right.
   gus   — a resubmission (`-1` in the name), dan's answers.
+  hal   — everything right, downloaded from Colab and uploaded to the LMS as is: `Copy of …` in
+          its name, Colab's metadata and kernelspec, nbformat 4.0 without cell ids.
 ada and eve also hand in a notes.txt beside the notebook.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -67,16 +70,26 @@ def _answers(student: str) -> dict[str, str]:
         "eve": right,
         "fay": right,
         "gus": {**right, "attention_weights": FORGETS_THE_SCALE},
+        "hal": right,
     }[student]
 
 
+def _as_colab_downloads_it(nb) -> str:
+    """A notebook as Colab's "Download .ipynb" writes it: nbformat 4.0, no cell ids, Colab's metadata."""
+    cells = [{k: v for k, v in cell.items() if k != "id"} for cell in nb.cells]
+    metadata = {"colab": {"provenance": [], "name": f"Copy of {FIXTURE}.ipynb"}, "accelerator": "GPU",
+                "kernelspec": {"name": "python3", "display_name": "Python 3"}, "language_info": {"name": "python"}}
+    return json.dumps({"nbformat": 4, "nbformat_minor": 0, "metadata": metadata, "cells": cells})
+
+
 EXCHANGE_STUDENTS = ("ada", "ben", "cleo", "dan", "eve")
-LMS_FILES = {"fay": f"fay_4711_101_{FIXTURE}.ipynb", "gus": f"gus_4712_102_{FIXTURE}-1.ipynb"}
+LMS_FILES = {"fay": f"fay_4711_101_{FIXTURE}.ipynb", "gus": f"gus_4712_102_{FIXTURE}-1.ipynb",
+             "hal": f"hal_4713_103_Copy of {FIXTURE}.ipynb"}
 WITH_NOTES = ("ada", "eve")
 PASSES = {  # the grade cells each student passes
     "ada": (), "ben": ("check_softmax",), "cleo": (), "dan": ("check_softmax",),
     "eve": ("check_softmax", "check_attention_weights"), "fay": ("check_softmax", "check_attention_weights"),
-    "gus": ("check_softmax",),
+    "gus": ("check_softmax",), "hal": ("check_softmax", "check_attention_weights"),
 }
 GRADED = tuple(PASSES)
 
@@ -110,7 +123,8 @@ def course(tmp_path_factory, autograde_times):
         archive.mkdir(parents=True)
         with zipfile.ZipFile(archive / "submissions.zip", "w") as bundle:
             for student, name in LMS_FILES.items():
-                bundle.writestr(name, nbformat.writes(answered(copy.deepcopy(release), _answers(student))))
+                notebook = answered(copy.deepcopy(release), _answers(student))
+                bundle.writestr(name, _as_colab_downloads_it(notebook) if "Copy of" in name else nbformat.writes(notebook))
         course.nbgrader("zip_collect", FIXTURE, "--force")
         course.submitted_before = {s: _files(course.root / "submitted" / s) for s in PASSES}
 
