@@ -87,3 +87,16 @@ def test_make_lab_sets_the_variable_and_keeps_the_user_s_own():
         ["make", "-n", "lab"], cwd=REPO, env=env, capture_output=True, text=True, check=True
     ).stdout
     assert f'JUPYTER_CONFIG_PATH="{LAB_CONFIG}:/somewhere/else"' in dry_run, dry_run
+
+
+def test_students_get_the_course_id_and_exchange_of_the_course(tmp_path):
+    """Does `nbgrader` in make lab's environment know the course and the exchange without a file of the student's?"""
+    exchange = tmp_path / "exchange"
+    env = dict(os.environ, JUPYTER_CONFIG_PATH=str(LAB_CONFIG), COURSE_EXCHANGE=str(exchange))
+    code = ("from nbgrader.apps import NbGraderApp\n"
+            "app = NbGraderApp(); app.load_config_file()\n"
+            "print(app.config.CourseDirectory.course_id, app.config.Exchange.root)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120, check=True)
+    course_id = re.search(r'course_id = "([^"]+)"', (REPO / "nbgrader_config.py").read_text()).group(1)
+    assert result.stdout.split() == [course_id, str(exchange)]
