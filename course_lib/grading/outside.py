@@ -80,8 +80,8 @@ def check_calls(source: str) -> list[CheckCall]:
     return calls
 
 
-def definitions(nb: Any) -> list[tuple[str, str]]:
-    """(label, source) of what the replay worker runs, in notebook order: every answer cell whole,
+def definitions(nb: Any) -> list[tuple[int, str, str]]:
+    """(cell index, label, source) of what the replay worker runs, in notebook order: every answer cell whole,
     and the instructor's code cells statement by statement (so a statement that needs course_lib,
     which the worker cannot import, fails alone and the constants and helpers around it are kept)."""
     found = []
@@ -92,10 +92,10 @@ def definitions(nb: Any) -> list[tuple[str, str]]:
         label = f"cell {index}" + (f" ({meta['grade_id']})" if meta.get("grade_id") else "")
         source = _without_magics(cell.source)
         if meta.get("solution"):
-            found.append((label, source))
+            found.append((index, label, source))
         else:
-            found += [(f"{label}, line {line}", statement) for line, statement in _statements(source)]
-    return [(label, source) for label, source in found if source.strip()]
+            found += [(index, f"{label}, line {line}", statement) for line, statement in _statements(source)]
+    return [(index, label, source) for index, label, source in found if source.strip()]
 
 
 def secret_seed(secret: str, call: CheckCall) -> int:
@@ -109,10 +109,9 @@ class WorkerEnded(RuntimeError):
 
 
 class ReplayWorker:
-    """A sandboxed interpreter that has run a notebook's definitions, ready for calls."""
+    """A sandboxed interpreter that runs a notebook's code up to a point, ready for calls there."""
 
-    def __init__(self, cells: list[tuple[str, str]], *, hidden: list[Path], limits: Limits, cell_timeout: float,
-                 skip: set[str] = frozenset()):
+    def __init__(self, *, hidden: list[Path], limits: Limits, cell_timeout: float):
         self.folder = Path(tempfile.mkdtemp(prefix="course-replay-"))
         for file in _WORKER_FILES:
             shutil.copy(file, self.folder / file.name)
@@ -122,19 +121,22 @@ class ReplayWorker:
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=self.folder)
         self._reader = concurrent.futures.ThreadPoolExecutor(1)
-        self.problems: dict[str, str] = {}  # cell label -> what went wrong running it
-        self.fatal: str | None = None  # the cell that ended the worker, if one did
-        for label, source in cells:
+        self.cell_timeout = cell_timeout
+        self.ran = 0  # how many of the notebook's definitions it has run (or skipped)
+        self.fatal: str | None = None  # the definition that ended the worker, if one did
+
+    def advance(self, cells: list[tuple[int, str, str]], before: int, skip: set[str]) -> None:
+        """Run the definitions of cells before index ``before`` not run yet, as the kernel did before
+        the grade cell at ``before``; those in ``skip`` (they ended a worker) are left out."""
+        while self.ran < len(cells) and cells[self.ran][0] < before and self.fatal is None:
+            _, label, source = cells[self.ran]
+            self.ran += 1
             if label in skip:
                 continue
             try:
-                reply, _ = self.request({"op": "run", "source": source, "label": label}, {}, cell_timeout)
-            except WorkerEnded as ended:
-                self.fatal = label
-                self.problems[label] = str(ended)
-                return
-            if "error" in reply:
-                self.problems[label] = reply.get("problem", "")
+                self.request({"op": "run", "source": source, "label": label}, {}, self.cell_timeout)
+            except WorkerEnded:
+                self.fatal = label  # an error the code raised is its own business: only an ending counts
 
     @property
     def alive(self) -> bool:
@@ -165,14 +167,17 @@ class ReplayWorker:
 
 def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hidden: list[Path],
                     limits: Limits = Limits(), cell_timeout: float = 60.0) -> dict[str, CellVerdict]:
-    """The outside verdict on every grade cell of an executed notebook, by grade id; a cell of
-    definitions that runs past ``cell_timeout`` seconds is left out (it scores 0 for itself)."""
+    """The outside verdict on every grade cell of an executed notebook, by grade id. Each grade cell
+    is judged where it stands: after the code of the cells above it, as in the kernel. A definition
+    that ends the worker or runs past ``cell_timeout`` seconds is left out of the next worker (it
+    scores 0 for itself)."""
     cells = definitions(nb)
     verdicts: dict[str, CellVerdict] = {}
     skip: set[str] = set()
     worker: ReplayWorker | None = None
+    options = {"hidden": hidden, "limits": limits, "cell_timeout": cell_timeout}
     try:
-        for cell in nb.cells:
+        for index, cell in enumerate(nb.cells):
             meta = cell.get("metadata", {}).get("nbgrader", {})
             if not (meta.get("grade") and cell.cell_type == "code"):
                 continue
@@ -182,9 +187,7 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
                 if exercise is None:
                     verdict.decided_by.append(f"{call.exercise}: in-kernel only (no such exercise)")
                     continue
-                if worker is None or not worker.alive:
-                    worker, skip = _fresh_worker(worker, cells, skip, hidden=hidden, limits=limits,
-                                                 cell_timeout=cell_timeout)
+                worker, skip = _worker_at(worker, cells, index, skip, options)
                 failure, decided = _verify_call(worker, exercise, call, secret)
                 verdict.decided_by.append(f"{call.exercise}: {decided}")
                 if failure and verdict.failure is None:
@@ -195,19 +198,21 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
     return verdicts
 
 
-def _fresh_worker(old: ReplayWorker | None, cells: list[tuple[str, str]], skip: set[str],
-                  **options: Any) -> tuple[ReplayWorker, set[str]]:
-    """A new worker; a cell that ended an earlier one is left out (it scores 0 for itself only)."""
-    if old is not None:
-        old.close()
-        if old.fatal:
-            skip = skip | {old.fatal}
-    while True:
-        worker = ReplayWorker(cells, skip=skip, **options)
-        if worker.fatal is None:
-            return worker, skip
-        skip = skip | {worker.fatal}
-        worker.close()
+def _worker_at(worker: ReplayWorker | None, cells: list[tuple[int, str, str]], index: int, skip: set[str],
+               options: dict) -> tuple[ReplayWorker, set[str]]:
+    """A live worker that has run the definitions above cell ``index``: ``worker`` advanced, or a new
+    one where it has ended (what ended it is left out from then on)."""
+    for _ in range(len(cells) + 2):
+        if worker is not None and worker.alive:
+            worker.advance(cells, index, skip)
+            if worker.alive:
+                return worker, skip
+        if worker is not None:
+            worker.close()
+            if worker.fatal:
+                skip = skip | {worker.fatal}
+        worker = ReplayWorker(**options)
+    raise RuntimeError("the replay worker does not start: see `python -m course_lib.grading.sandbox`")
 
 
 def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secret: str) -> tuple[Failure | None, str]:
