@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+import torch._dynamo  # noqa: F401 - the first TorchFunctionMode entered imports it (seconds on a busy
+# machine): here, at import, rather than inside a student's time limit
 from torch._ops import HigherOrderOperator
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from course_lib import runtime
+from course_lib.memory import track_live_memory
 from course_lib.grading import student_code
 from course_lib.grading.replay_worker import gradient_inputs, weighted_gradients
 from course_lib.grading.compare import Mismatch, close_trees, compare_trees, compare_values, flatten, tolerance_for
@@ -97,17 +98,17 @@ def variant(function: Callable[..., Any], **knobs: Any) -> Callable[..., Any]:
 
 @dataclass(frozen=True)
 class Behaviour:
-    """A property the output must have that values alone could fake (e.g. causality).
+    """A property the output must have that values alone could fake (e.g. causality, linear memory).
 
     ``test(call, device, gen)`` calls the student's function through ``call`` and returns None
-    when the property holds, or a sentence saying how it is broken.
+    when the property holds, or a sentence saying how it is broken. ``call.measured(*args)`` gives
+    ``(result, peak_bytes)``: the call under ``no_grad`` with the bytes it kept alive at its peak
+    tracked where the call runs (in the kernel for the instant check; for the recorded grade, in
+    the replay worker, out of the notebook's reach).
     """
 
     name: str
     test: Callable[[Callable[..., Any], torch.device, torch.Generator], str | None]
-    # True where the test measures the process that runs the call (e.g. its peak memory): it runs
-    # only beside the call, in the kernel, and the outside verifier says so.
-    measures_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -451,6 +452,13 @@ class Exercise:
             if not isinstance(result, torch.Tensor):
                 raise StudentFailed("type", f"expected a torch.Tensor, got {type(result).__name__}")
             return result.detach()
+
+        def measured(*args: Any, **kwargs: Any) -> tuple[Any, int]:
+            with torch.no_grad(), track_live_memory() as memory:
+                result = call(*args, **kwargs)
+            return result, memory.peak_bytes
+
+        call.measured = measured
 
         try:
             problem = behaviour.test(call, device, runtime.generator(seed + 1))

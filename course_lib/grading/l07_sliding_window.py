@@ -17,7 +17,6 @@ import torch
 from course_lib import attention, runtime
 from course_lib.grading.forbidden import PYTORCH_FLEX_ATTENTION, PYTORCH_SDPA
 from course_lib.grading.framework import Behaviour, Case, Exercise, Mistake, variant
-from course_lib.memory import track_live_memory
 from course_lib.runtime import Tolerance
 from course_lib.shortcuts import Forbidden
 
@@ -234,16 +233,15 @@ def _memory_stays_linear(call, device: torch.device, gen: torch.Generator) -> st
     """Peak live memory within a small multiple of L·(left+right+1+E+Ev)·itemsize, under no_grad."""
     L, (left, right), E = _MEMORY_L, _MEMORY_WINDOW, _MEMORY_E
     q, k, v = (runtime.randn(1, L, E, gen=gen, device=device) for _ in range(3))  # (1, L, E)
-    with torch.no_grad(), track_live_memory() as memory:
-        out = call(q, k, v, (left, right))
+    out, peak_bytes = call.measured(q, k, v, (left, right))
     if out.shape != (1, L, E):
         return f"expected an output of shape {(1, L, E)}, got {tuple(out.shape)}"
     unit = L * (left + right + 1 + 2 * E) * 4
-    if memory.peak_bytes > _MEMORY_FACTOR * unit:
+    if peak_bytes > _MEMORY_FACTOR * unit:
         dense = L * L * 4
         return (
             f"for L = {L}, window ({left}, {right}) and E = Ev = {E} in float32, your function kept "
-            f"{memory.peak_bytes / 2**20:.1f} MiB alive at once; a banded computation needs about "
+            f"{peak_bytes / 2**20:.1f} MiB alive at once; a banded computation needs about "
             f"{unit / 2**20:.2f} MiB (allowed: {_MEMORY_FACTOR}× that, {_MEMORY_FACTOR * unit / 2**20:.1f} MiB), "
             f"while one L×L float32 matrix is {dense / 2**20:.0f} MiB. This looks like a dense computation "
             "(a full mask or score matrix, or tiles that add up to one) — take the queries in blocks and "
@@ -258,7 +256,7 @@ SLIDING_WINDOW_ATTENTION = Exercise(
     make_cases=_banded_cases,
     mistakes=BANDED_MISTAKES,
     forbidden=PYTORCH_SDPA | PYTORCH_FLEX_ATTENTION | _LESSON_REFERENCES,
-    behaviours=(Behaviour("peak memory stays linear in L (no L×L matrix)", _memory_stays_linear, measures_process=True),),
+    behaviours=(Behaviour("peak memory stays linear in L (no L×L matrix)", _memory_stays_linear),),
     depends_on=(SLIDING_WINDOW_MASK,),
 )
 

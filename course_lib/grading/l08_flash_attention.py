@@ -20,7 +20,6 @@ from course_lib import attention, runtime
 from course_lib.attention import flash_triton
 from course_lib.grading.forbidden import PYTORCH_SDPA, SOFTMAX_ROUTES
 from course_lib.grading.framework import Behaviour, Case, Exercise, Mistake, Requirement, variant
-from course_lib.memory import track_live_memory
 from course_lib.shortcuts import Forbidden
 
 _REFERENCES = Forbidden(references=(
@@ -293,16 +292,14 @@ MEMORY_FACTOR = 4
 def _memory_is_linear(call, device: torch.device, gen: torch.Generator) -> str | None:
     """At L = S = 2048, E = Ev = 16, block 64, float32: peak live bytes within 4·(L+S)·(E+Ev+block)·4."""
     q, k, v = (runtime.randn(1, MEMORY_L, MEMORY_E, gen=gen, device=device) for _ in range(3))
-    with torch.no_grad(), track_live_memory() as memory:
-        out = call(q, k, v, block_size=MEMORY_BLOCK)
-        del out
+    _, peak_bytes = call.measured(q, k, v, block_size=MEMORY_BLOCK)
     bound = MEMORY_FACTOR * 2 * MEMORY_L * (2 * MEMORY_E + MEMORY_BLOCK) * 4
-    if memory.peak_bytes <= bound:
+    if peak_bytes <= bound:
         return None
     mib = 1 << 20
     return (
         f"at L = S = {MEMORY_L}, E = Ev = {MEMORY_E}, block_size={MEMORY_BLOCK} (float32) your function kept "
-        f"{memory.peak_bytes / mib:.1f} MiB alive at once; the (L, S) scores alone are "
+        f"{peak_bytes / mib:.1f} MiB alive at once; the (L, S) scores alone are "
         f"{MEMORY_L * MEMORY_L * 4 / mib:.0f} MiB, and a tiled forward needs at most {bound / mib:.1f} MiB "
         f"({MEMORY_FACTOR}·(L + S)·(E + Ev + block)·4 bytes). Keep one (block, block) tile at a time: no (L, S) "
         "tensor, and no list of tiles or per-block outputs kept to be combined later — write each query "
@@ -316,7 +313,7 @@ FLASH_ATTENTION = Exercise(
     make_cases=_flash_cases,
     mistakes=_flash_mistakes(),
     forbidden=SOFTMAX_ROUTES | PYTORCH_SDPA | _LOGSUMEXP | _REFERENCES,
-    behaviours=(Behaviour("peak memory linear in the sequence length", _memory_is_linear, measures_process=True),),
+    behaviours=(Behaviour("peak memory linear in the sequence length", _memory_is_linear),),
     depends_on=(ONLINE_SOFTMAX_STATS,),
     timeout_s=60.0,
 )

@@ -11,8 +11,9 @@ the same. The recorded score of a grade cell is the lower of the two verdicts: a
 an error to the cell, which nbgrader scores 0.
 
 What is not replayed here is said in the grading record, never silently passed: exercises that
-adapt what the student passes (lesson 08's Triton step), behaviours that measure the process
-itself (peak memory), and cases whose inputs are not tensors or plain data.
+adapt what the student passes (lesson 08's Triton step) and cases whose inputs are not tensors or
+plain data. Behaviours run here too, peak memory included: it is measured in the worker, where the
+notebook's kernel (and whatever it patched there) is not.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from course_lib.grading.framework import Case, Exercise, Failure
 from course_lib.grading.sandbox import Limits, Sandbox, environment_paths
 
 COURSE_LIB = Path(__file__).resolve().parents[1]
-_WORKER_FILES = (Path(__file__).with_name("replay_worker.py"), COURSE_LIB / "shortcuts.py")
+_WORKER_FILES = (Path(__file__).with_name("replay_worker.py"), COURSE_LIB / "shortcuts.py", COURSE_LIB / "memory.py")
 
 
 @dataclass(frozen=True)
@@ -228,14 +229,11 @@ def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secr
                 return failure, "outside"
     except _NotReplayable as reason:
         return None, f"in-kernel only ({reason})"
-    skipped = [b.name for b in exercise.behaviours if b.measures_process]
     for behaviour in exercise.behaviours:
-        if behaviour.measures_process:
-            continue
         problem = _replay_behaviour(worker, exercise, call.function, behaviour, device, timeout, secret, call)
         if problem:
             return Failure(exercise.name, "behaviour", problem, behaviour=behaviour.name), "outside"
-    return None, "outside" + (f" (in-kernel only: {', '.join(skipped)})" if skipped else "")
+    return None, "outside"
 
 
 class _NotReplayable(Exception):
@@ -279,15 +277,25 @@ def _replay_case(worker: ReplayWorker, exercise: Exercise, function: str, case: 
 
 
 def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, secret, call) -> str | None:  # noqa: ANN001
-    def remote(*args: Any, **kwargs: Any) -> torch.Tensor:
+    def request(args: tuple, kwargs: dict, measure: bool) -> tuple[torch.Tensor, dict]:
         tensors: dict[str, torch.Tensor] = {}
-        reply, out = worker.request(_call_header(exercise, function, device, tensors, args, kwargs), tensors, timeout)
+        header = {**_call_header(exercise, function, device, tensors, args, kwargs), "measure": measure}
+        reply, out = worker.request(header, tensors, timeout)
         if "error" in reply:
             raise _BehaviourCallFailed(reply.get("problem", ""))
         result = replay_worker.decode(reply["result"], {k: t.to(device) for k, t in out.items()})
         if not isinstance(result, torch.Tensor):
             raise _BehaviourCallFailed(f"expected a torch.Tensor, got {type(result).__name__}")
-        return result
+        return result, reply
+
+    def remote(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return request(args, kwargs, measure=False)[0]
+
+    def measured(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, int]:
+        result, reply = request(args, kwargs, measure=True)
+        return result, int(reply["peak_bytes"])
+
+    remote.measured = measured
 
     try:
         return behaviour.test(remote, device, runtime.generator(secret_seed(secret, call) + 1))

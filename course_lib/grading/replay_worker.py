@@ -4,7 +4,8 @@ calls its graded functions on inputs the grader sends; only plain data and tenso
 It is the outside half of grading (``course_lib.grading.outside`` is the grader's half). It runs as
 a script (``python -I replay_worker.py``), with course_lib *not* importable — the sandbox hides it —
 so a graded function cannot hand the course's own reference answer back. It imports nothing of
-course_lib but ``shortcuts.py``, copied beside it, to refuse PyTorch's shortcuts.
+course_lib but ``shortcuts.py`` and ``memory.py``, copied beside it, to refuse PyTorch's shortcuts
+and to measure peak memory.
 
 Protocol, on the file descriptors it is started with (the student's code gets /dev/null for stdin,
 stdout and stderr): each message is a JSON header line, then (for messages with tensors) a
@@ -170,9 +171,18 @@ def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, 
                 for ref_name, value in state.items():
                     own[names.get(ref_name, ref_name)].copy_(value)
             target = module
-        result = target(*args, **kwargs)
+        if header.get("measure"):
+            import memory  # noqa: PLC0415 - course_lib's memory.py, copied beside this script
+
+            with torch.no_grad(), memory.track_live_memory() as tracked:
+                result = target(*args, **kwargs)
+            peak_bytes = tracked.peak_bytes
+        else:
+            result = target(*args, **kwargs)
     out: dict[str, torch.Tensor] = {}
     answer = {"result": encode(result, out)}
+    if header.get("measure"):
+        answer["peak_bytes"] = peak_bytes
     if header.get("grad"):
         renamed = {v: k for k, v in header.get("parameter_names", {}).items()}
         module = target if header.get("module") else None
@@ -211,7 +221,9 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     sys.argv = ["replay"]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shortcuts.py, copied beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shortcuts.py and memory.py, copied beside this file
+    import memory  # noqa: F401, PLC0415 - imported before any call is timed
+    import shortcuts  # noqa: F401, PLC0415
     serve(requests, replies)
 
 

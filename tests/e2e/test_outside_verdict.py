@@ -1,0 +1,73 @@
+"""The outside verdict on a real lesson: what the notebook's kernel patched does not reach it.
+
+Lesson 07's sliding_window_attention must keep its peak memory linear in L. A dense answer that also
+patches course_lib's memory tracker passes the in-kernel check; the outside verdict, which measures
+memory in its own interpreter, must not pass it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="needs nbformat (the [lab] extra)")
+pytest.importorskip("safetensors", reason="needs safetensors (the [lab] extra)")
+
+from course_lib.grading import EXERCISES, check_sliding_window_attention, outside, sandbox  # noqa: E402
+from nbgrader_course import SOLUTIONS, answered, notebook_path, solution_answers  # noqa: E402
+
+pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
+                                reason=f"no sandbox here: {sandbox.unavailable_reason()}")
+LESSON = "07_sliding_window"
+DENSE_WITH_A_PATCHED_TRACKER = '''import contextlib
+
+try:  # the kernel's tracker now reports 0 bytes; where course_lib is missing, never mind
+    import course_lib.grading.framework
+    import course_lib.memory
+
+    @contextlib.contextmanager
+    def _nothing_to_see():
+        yield course_lib.memory.LiveMemory()
+
+    course_lib.memory.track_live_memory = course_lib.grading.framework.track_live_memory = _nothing_to_see
+except ImportError:
+    pass
+
+
+def sliding_window_attention(q, k, v, window, scale=None):
+    left, right = window
+    L = q.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    positions = torch.arange(L, device=q.device)
+    allowed = sliding_window_mask(positions, positions, window)  # (L, L): dense
+    scores = (q @ k.transpose(-2, -1) * scale).masked_fill(~allowed, float("-inf"))  # (..., L, L)
+    return torch.softmax(scores, dim=-1) @ v
+'''
+
+
+def _notebook(answer: str | None):
+    source = notebook_path(SOLUTIONS, LESSON)
+    answers = solution_answers(source)
+    if answer is not None:
+        answers["sliding_window_attention"] = answer
+    return answered(nbformat.read(source, as_version=4), answers)
+
+
+def _verdict(nb, tmp_path):
+    return outside.verify_notebook(nb, secret="a test secret", exercises=EXERCISES, hidden=[tmp_path],
+                                   cell_timeout=60)["check_sliding_window_attention"]
+
+
+def test_a_dense_answer_with_a_patched_tracker_fails_outside(tmp_path):
+    namespace: dict = {}
+    exec("import math\nimport torch\n" + solution_answers(notebook_path(SOLUTIONS, LESSON))["sliding_window_mask"]
+         + "\n" + DENSE_WITH_A_PATCHED_TRACKER, namespace)
+    check_sliding_window_attention(namespace["sliding_window_attention"])  # the kernel is fooled ...
+    verdict = _verdict(_notebook(DENSE_WITH_A_PATCHED_TRACKER), tmp_path)  # ... the outside verdict is not
+    assert verdict.failure is not None and verdict.failure.kind == "behaviour", verdict
+    assert "MiB alive at once" in verdict.failure.problem
+
+
+def test_the_solution_passes_outside(tmp_path):
+    assert _verdict(_notebook(None), tmp_path).failure is None
