@@ -108,7 +108,7 @@ GRU_MISTAKES = (
     ),
     Mistake(
         "z and 1 − z are swapped in the update (h' = (1 − z) ⊙ h + z ⊙ h̃)",
-        "in Cho et al.'s Eq. (7), and in nn.GRUCell, z keeps the old state: h' = z ⊙ h + (1 − z) ⊙ h̃ "
+        "in Cho et al.'s GRU (§2.3), and in nn.GRUCell, z keeps the old state: h' = z ⊙ h + (1 − z) ⊙ h̃ "
         "(some texts write it the other way round: with these weights, this is the convention)",
         _gru_mistake(interpolation="z_takes_candidate"),
     ),
