@@ -85,8 +85,9 @@ class _Cell(nn.Module):
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -bound, bound)
 
-    def _input_part(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight_ih, self.bias_ih)  # (B, G·H)
+    def input_part(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ weight_ih.T + bias_ih``: (..., I) -> (..., G·H), for one step or a whole sequence."""
+        return nn.functional.linear(x, self.weight_ih, self.bias_ih)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
@@ -118,8 +119,15 @@ class GRUCell(_Cell):
         if h is None:
             h = x.new_zeros(x.shape[0], self.hidden_size)
         _check_state("GRUCell", "h", h, x.shape[0], self.hidden_size)
+        return self.step(self.input_part(x), h)
+
+    def step(self, from_x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The update from ``from_x = x @ weight_ih.T + bias_ih`` (B, 3H), computed beforehand.
+
+        A sequence model computes the input part of every time step in one matrix product and loops
+        over this; shapes are not checked here.
+        """
         H = self.hidden_size
-        from_x = self._input_part(x)  # (B, 3H): rows r, z, n
         w_hr_hz, w_hn = self.weight_hh[: 2 * H], self.weight_hh[2 * H :]
         b_hr_hz = None if self.bias_hh is None else self.bias_hh[: 2 * H]
         b_hn = None if self.bias_hh is None else self.bias_hh[2 * H :]
@@ -154,7 +162,7 @@ class LSTMCell(_Cell):
         _check_state("LSTMCell", "h", h, x.shape[0], self.hidden_size)
         _check_state("LSTMCell", "c", c, x.shape[0], self.hidden_size)
         H = self.hidden_size
-        pre = self._input_part(x) + nn.functional.linear(h, self.weight_hh, self.bias_hh)  # (B, 4H)
+        pre = self.input_part(x) + nn.functional.linear(h, self.weight_hh, self.bias_hh)  # (B, 4H)
         i = torch.sigmoid(pre[:, :H])
         f = torch.sigmoid(pre[:, H : 2 * H])
         g = torch.tanh(pre[:, 2 * H : 3 * H])
