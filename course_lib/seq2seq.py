@@ -65,11 +65,12 @@ def run_gru(cell: GRUCell, inputs: torch.Tensor, h: torch.Tensor, lengths: torch
     The input part of every step is one matrix product before the loop. With ``lengths``, a sentence's
     state stops changing after its last token, so ``h_last`` is each sentence's own final state.
     """
-    from_x = cell.input_part(inputs)  # (B, T, 3H)
+    # unbind, not from_x[:, t]: the backward of indexing would build a (B, T, 3H) gradient per step
+    from_x = cell.input_part(inputs).unbind(1)  # (B, T, 3H) -> T × (B, 3H)
     padded = lengths is not None and int(lengths.min()) < inputs.shape[1]
     outputs = []
     for t in range(inputs.shape[1]):
-        h_new = cell.step(from_x[:, t], h)
+        h_new = cell.step(from_x[t], h)
         h = torch.where((t < lengths).unsqueeze(1), h_new, h) if padded else h_new
         outputs.append(h)
     return torch.stack(outputs, dim=1), h
