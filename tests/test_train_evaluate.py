@@ -76,6 +76,13 @@ def test_the_gru_encoder_decoder_trains_through_the_same_loop():
     assert not model.training
 
 
+def test_training_can_be_given_a_subset_of_pairs():
+    model, corpus = _tiny_model("lstm")
+    short = [p for p in corpus.train if len(p.src) == 5]
+    losses = training.train(model, corpus, steps=4, batch_size=4, pairs=short)
+    assert len(losses) == 4  # 12 pairs of one length: the stream goes round again
+
+
 def test_train_refuses_zero_steps():
     model, corpus = _tiny_model("lstm")
     with pytest.raises(ValueError, match="steps"):
