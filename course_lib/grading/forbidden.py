@@ -54,3 +54,41 @@ SOFTMAX_ROUTES = Forbidden(
 PYTORCH_FLEX_ATTENTION = Forbidden(
     operators={"flex_attention": "it is PyTorch's FlexAttention, which computes masked attention for you"},
 )
+
+# PyTorch's recurrent cells and layers: the module forwards call these functions (`torch._VF.gru_cell` is
+# `torch.gru_cell`), and `torch.ops.aten.*` called directly reaches the function mode as the operator
+# itself; the fused kernels behind `nn.LSTM`/`nn.GRU` are caught one level down.
+_GRU = "it is PyTorch's GRU"
+_LSTM = "it is PyTorch's LSTM"
+_RNN_FUNCTIONS = {
+    torch.gru_cell: _GRU,
+    torch.gru: _GRU,
+    torch.lstm_cell: _LSTM,
+    torch.lstm: _LSTM,
+    torch.rnn_tanh_cell: "it is PyTorch's RNN cell",
+    torch.rnn_relu_cell: "it is PyTorch's RNN cell",
+}
+
+
+def _with_aten_operators(functions: dict) -> dict:
+    """``functions`` plus their ``torch.ops.aten`` operator packets and every overload of each."""
+    found = dict(functions)
+    for function, why in functions.items():
+        packet = getattr(torch.ops.aten, function.__name__)
+        found[packet] = why
+        found.update({getattr(packet, overload): why for overload in packet.overloads()})
+    return found
+
+
+PYTORCH_RNN = Forbidden(
+    functions=_with_aten_operators(_RNN_FUNCTIONS),
+    operators={
+        "_thnn_fused_gru_cell": _GRU,
+        "_thnn_fused_lstm_cell": _LSTM,
+        "mkldnn_rnn_layer": "it is PyTorch's LSTM (oneDNN kernel)",
+        "_cudnn_rnn": "it is PyTorch's recurrent layer (cuDNN kernel)",
+        "miopen_rnn": "it is PyTorch's recurrent layer (MIOpen kernel)",
+        "gru": _GRU,
+        "lstm": _LSTM,
+    },
+)

@@ -193,16 +193,19 @@ class LessonCourses:
 
     ``generated(lesson)``: ``nbgrader generate_assignment`` has run (a few seconds).
     ``graded(lesson)``: the solution has also been submitted, autograded once (timed) and given
-    feedback. A lesson whose step fails fails its own tests only.
+    feedback. ``graded_untouched(lesson)``: the release, submitted as fetched, autograded too (in the
+    same course, after the solution). A lesson whose step fails fails its own tests only.
     """
 
     STUDENT = "solution"
+    UNTOUCHED = "untouched"
 
     def __init__(self, make_folder: Callable[[str], Path]):
         self._make_folder = make_folder
         self.courses: dict[str, Course] = {}
         self.generated = OncePerLesson(self._generate)
         self.graded = OncePerLesson(self._grade)
+        self.graded_untouched = OncePerLesson(self._grade_untouched)
 
     def _generate(self, lesson: str) -> Course:
         course = Course.create(self._make_folder(lesson), [lesson])
@@ -220,6 +223,15 @@ class LessonCourses:
         nbformat.write(answered_like_the_solution(release, notebook_path(SOLUTIONS, lesson)), submitted)
         course.autograde(self.STUDENT, lesson)
         course.nbgrader("generate_feedback", lesson, f"--student={self.STUDENT}")
+        return course
+
+    def _grade_untouched(self, lesson: str) -> Course:
+        course = self.graded(lesson)  # one course per lesson: its gradebook is not shared between processes
+        release = nbformat.read(notebook_path(course.root / "notebooks", lesson), as_version=4)
+        submitted = notebook_path(course.root / "submitted" / self.UNTOUCHED, lesson)
+        submitted.parent.mkdir(parents=True)
+        nbformat.write(release, submitted)
+        course.autograde(self.UNTOUCHED, lesson)
         return course
 
     def solution_seconds(self) -> dict[str, float]:

@@ -56,6 +56,20 @@ def test_no_solution_grade_cell_writes_to_stderr(lesson_courses, lesson):
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
+def test_an_untouched_release_autogrades_to_zero_without_crashing(lesson_courses, lesson):
+    """Does the release as a student fetches it run to the end under autograde, and score 0, with every
+    grade cell failing on the check's own message (not on a missing name or a crash)?"""
+    course = lesson_courses.graded_untouched(lesson)
+    graded = course.autograded(LessonCourses.UNTOUCHED, lesson)
+    assert graded is not None, "autograde produced no notebook: it crashed"
+    assert course.score(LessonCourses.UNTOUCHED, lesson) == 0
+    for cell in grade_cells(graded):
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert errors, f"{nbgrader_meta(cell)['grade_id']} passed in the untouched release"
+        assert errors[0].ename == "CheckFailed", f"{nbgrader_meta(cell)['grade_id']}: {errors[0].ename}: {errors[0].evalue}"
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
 def test_feedback_is_generated(lesson_courses, lesson):
     course = lesson_courses.graded(lesson)
     feedback = notebook_path(course.root / "feedback" / STUDENT, lesson).with_suffix(".html")
