@@ -54,3 +54,12 @@ SOFTMAX_ROUTES = Forbidden(
 PYTORCH_FLEX_ATTENTION = Forbidden(
     operators={"flex_attention": "it is PyTorch's FlexAttention, which computes masked attention for you"},
 )
+
+_MHA = "it is PyTorch's multi-head attention"
+
+# PyTorch's multi-head attention: nn.MultiheadAttention's forward goes through
+# F.multi_head_attention_forward (its eval-mode fast path through _native_multi_head_attention).
+PYTORCH_MHA = Forbidden(
+    functions={F.multi_head_attention_forward: _MHA, torch._native_multi_head_attention: _MHA},
+    operators={"_native_multi_head_attention": _MHA},
+)
