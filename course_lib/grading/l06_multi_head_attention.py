@@ -136,14 +136,20 @@ MERGE_HEADS = Exercise(
 
 
 def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None,
-                     additive: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q kᵀ·scale + masks) v per head; a query with nothing to attend to gets zeros."""
+                     additive: torch.Tensor | None, scale: float, empty_rows: str = "zero"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q kᵀ·scale + masks) v per head; a query with nothing to attend to gets zeros (or NaN,
+    as ``torch.softmax`` gives, with ``empty_rows="nan"``)."""
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, L, S)
     if additive is not None:
         scores = scores + additive
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
-    weights = attention.softmax(scores, dim=-1)  # (B, H, L, S)
+    if empty_rows == "nan":
+        weights = torch.exp(scores - scores.amax(-1, keepdim=True))  # an all -inf row: exp(NaN)
+        weights = weights / weights.sum(-1, keepdim=True)  # (B, H, L, S)
+    else:
+        weights = attention.softmax(scores, dim=-1)  # (B, H, L, S)
     return torch.matmul(weights, v), weights  # (B, H, L, d), (B, H, L, S)
 
 
@@ -195,7 +201,8 @@ class MultiHeadAttentionVariant(nn.Module):
             causal = ones.triu() if knob("causal") == "future" else ones.tril()  # (L, S)
             allowed = causal if allowed is None else allowed & causal  # the causal mask is never inverted
         width = {"head_dim": E // H, "embed_dim": E}[knob("scale", "head_dim")]
-        heads, weights = _heads_attention(q, k, v, allowed, additive, 1.0 / math.sqrt(width))
+        heads, weights = _heads_attention(q, k, v, allowed, additive, 1.0 / math.sqrt(width),
+                                          knob("empty_rows", "zero"))
         if knob("averaged"):
             weights = weights.mean(dim=1)  # (B, L, S): what nn.MultiheadAttention returns by default
         merged = merge_variant(heads, order=knob("merge", "heads_first"))  # (B, L, E)
@@ -214,10 +221,11 @@ def mha_variant(
     causal: Literal["past", "future", "ignore"] = "past",
     averaged: bool = False,
     out_proj: Literal["applied", "missing"] = "applied",
+    empty_rows: Literal["zero", "nan"] = "zero",  # a query with every key masked: zeros, or torch.softmax's NaN
 ) -> nn.Module:
     """A ``MultiHeadAttentionVariant`` with its knobs set (a mistake is ``variant(mha_variant, knob=…)``)."""
     knobs = dict(split=split, merge=merge, projection=projection, scale=scale, padding=padding,
-                 polarity=polarity, causal=causal, averaged=averaged, out_proj=out_proj)
+                 polarity=polarity, causal=causal, averaged=averaged, out_proj=out_proj, empty_rows=empty_rows)
     return MultiHeadAttentionVariant(embed_dim, num_heads, bias, kdim, vdim, knobs=knobs)
 
 
@@ -249,11 +257,14 @@ MHA_MISTAKES = (
         "unless average_attn_weights=False, this module does not",
         variant(mha_variant, averaged=True),
     ),
-    Mistake(
-        "the key padding mask is applied to the queries instead of the keys",
-        "key_padding_mask (B, S) says which *keys* may be attended: broadcast it as "
-        "key_padding_mask[:, None, None, :] -> (B, 1, 1, S), so that it hides columns of the scores",
-        variant(mha_variant, padding="queries"),
+    *(
+        Mistake(
+            "the key padding mask is applied to the queries instead of the keys",
+            "key_padding_mask (B, S) says which *keys* may be attended: broadcast it as "
+            "key_padding_mask[:, None, None, :] -> (B, 1, 1, S), so that it hides columns of the scores",
+            variant(mha_variant, padding="queries", empty_rows=empty_rows),
+        )
+        for empty_rows in ("zero", "nan")
     ),
     Mistake(
         "the masks have nn.MultiheadAttention's polarity (True = ignore)",
@@ -286,9 +297,11 @@ def mha_state(embed_dim: int, num_heads: int, bias: bool = True, kdim: int | Non
 
 
 def _padding(B: int, S: int, gen: torch.Generator) -> torch.Tensor:
-    """(B, S), True = may attend: the last sequence loses its last keys; key 0 is always kept."""
+    """(B, S), True = may attend: every sequence loses its last key, the last one its last two; key 0 is
+    always kept."""
     allowed = torch.rand(B, S, generator=gen) > 0.3
     allowed[:, 0] = True
+    allowed[:, -1] = False  # every sequence has padding: inverted, the mask still leaves each query a key
     allowed[-1, S - 2:] = False
     return allowed
 
@@ -337,7 +350,7 @@ def _future_must_not_matter(make_state, E: int, H: int):  # noqa: ANN001, ANN202
     """Changing the tokens after position t leaves the outputs 0..t unchanged (causal self-attention)."""
 
     def test(call, device: torch.device, gen: torch.Generator, **call_options) -> str | None:  # noqa: ANN001
-        L, t = 8, 3
+        L, t = 11, 4  # longer than any case: a mask that only works on the cases' lengths shows
         x = runtime.randn(1, L, E, gen=gen, device=device)
         changed = x.clone()
         changed[:, t + 1:] = 10.0 * runtime.randn(1, L - t - 1, E, gen=gen, device=device)
