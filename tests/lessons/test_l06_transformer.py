@@ -1,0 +1,73 @@
+"""The small Transformer: its positions are the paper's sinusoids, its decoder cannot see the future,
+padding in the source changes nothing, and it learns a small task in a few hundred steps."""
+
+import math
+
+import pytest
+import torch
+
+from course_lib.transformer import Transformer, sinusoidal_positions
+
+PAD, SOS, EOS = 0, 1, 2
+
+
+def _model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return Transformer(src_vocab=20, tgt_vocab=22, d_model=32, num_heads=4, num_layers=2, d_ff=64, **kwargs).eval()
+
+
+def test_sinusoids_follow_section_3_5():
+    table = sinusoidal_positions(50, 16)
+    pos, i = 17, 3
+    assert table[pos, 2 * i].item() == pytest.approx(math.sin(pos / 10000 ** (2 * i / 16)), abs=1e-6)
+    assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(pos / 10000 ** (2 * i / 16)), abs=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        sinusoidal_positions(4, 7)
+
+
+def test_the_decoder_cannot_see_future_target_tokens():
+    model = _model()
+    src = torch.randint(3, 20, (2, 7))
+    tgt = torch.randint(3, 22, (2, 9))
+    changed = tgt.clone()
+    changed[:, 5:] = torch.randint(3, 22, (2, 4))
+    before, after = model(src, tgt), model(src, changed)
+    torch.testing.assert_close(before[:, :5], after[:, :5])
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+def test_source_padding_changes_nothing():
+    model = _model()
+    src = torch.randint(3, 20, (1, 6))
+    tgt = torch.randint(3, 22, (1, 5))
+    padded = torch.cat([src, torch.full((1, 4), PAD)], dim=1)  # (1, 10): four pads after the sentence
+    torch.testing.assert_close(model(src, tgt), model(padded, tgt), rtol=1e-5, atol=1e-5)
+    maps = model.attention_maps(padded, tgt)
+    assert (maps["decoder cross"][0][..., 6:] == 0).all() and (maps["encoder"][1][..., 6:] == 0).all()
+    assert [tuple(m.shape) for m in maps["decoder cross"]] == [(1, 4, 5, 10)] * 2
+
+
+def test_it_learns_to_reverse_short_sequences():
+    """Reversal needs the cross-attention to find the mirrored position: a Transformer learns it."""
+    torch.manual_seed(1)
+    model = Transformer(src_vocab=12, tgt_vocab=12, d_model=32, num_heads=2, num_layers=1, d_ff=64)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        src = torch.randint(3, 12, (64, 6))
+        tgt = src.flip(1)
+        tgt_in = torch.cat([torch.full((64, 1), SOS), tgt], dim=1)  # (B, 7)
+        tgt_out = torch.cat([tgt, torch.full((64, 1), EOS)], dim=1)  # (B, 7)
+        loss = torch.nn.functional.cross_entropy(model(src, tgt_in).flatten(0, 1), tgt_out.flatten())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    src = torch.randint(3, 12, (32, 6), generator=torch.Generator().manual_seed(2))
+    decoded = model.greedy_decode(src, SOS, EOS)
+    correct = sum(out == row.flip(0).tolist() for out, row in zip(decoded, src))
+    assert correct >= 28, f"{correct}/32 reversed exactly"
+
+
+def test_too_long_a_sequence_is_refused():
+    with pytest.raises(ValueError, match="max_len"):
+        _model(max_len=8)(torch.randint(3, 20, (1, 9)), torch.randint(3, 22, (1, 3)))
