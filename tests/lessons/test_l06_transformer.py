@@ -47,7 +47,16 @@ def test_source_padding_changes_nothing():
     assert [tuple(m.shape) for m in maps["decoder cross"]] == [(1, 4, 5, 10)] * 2
 
 
-def test_it_learns_to_reverse_short_sequences():
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: two threads contending on a busy 2-core machine made a step 60× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_it_learns_to_reverse_short_sequences(one_thread):
     """Reversal needs the cross-attention to find the mirrored position: a Transformer learns it."""
     torch.manual_seed(1)
     model = Transformer(src_vocab=12, tgt_vocab=12, d_model=32, num_heads=2, num_layers=1, d_ff=64)
