@@ -51,7 +51,7 @@ class Recipe:
         return ModelConfig(self.embed_size, self.hidden_size, self.num_layers)
 
 
-RECIPES: dict[str, Recipe] = {name: Recipe() for name in ("gru-encdec", "lstm", "lstm-reversed")}
+RECIPES: dict[str, Recipe] = {name: Recipe() for name in ("gru-encdec", "lstm", "lstm-reversed", "transformer")}
 # A few seconds on the tiny corpus: what `--tiny` and the tests run.
 TINY = Recipe(steps=6, batch_size=8, embed_size=16, hidden_size=24, num_layers=2, corpus="tiny")
 

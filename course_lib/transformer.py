@@ -11,7 +11,8 @@ the stacks end with a LayerNorm. The paper's ``LayerNorm(x + Sublayer(x))`` puts
 the residual path, and at initialisation the gradients near the output are large — it needs a
 learning-rate warm-up to train at all (Xiong et al. 2020, arXiv:2002.04745, §3). Pre-norm keeps an
 identity path from the loss to every layer and trains without warm-up at the recurrent models'
-learning rate, which is what "the same loop and the same budget" asks of it here.
+learning rate, which is what "the same loop and the same budget" asks of it here
+(``python -m course_lib.train transformer``: the recurrent models' recipe, Adam 2e-3, no schedule).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from course_lib.attention.mha import MultiHeadAttention
+from course_lib.seq2seq import ModelConfig, Seq2Seq
 
 __all__ = ["sinusoidal_positions", "Transformer", "EncoderLayer", "DecoderLayer"]
 
@@ -82,45 +84,56 @@ class DecoderLayer(nn.Module):
         return y + self.ff(self.norm_ff(y)), self_weights, cross_weights
 
 
-class Transformer(nn.Module):
-    """An encoder–decoder Transformer over token ids (batch first; ``pad_id`` marks padding).
+class Transformer(Seq2Seq):
+    """An encoder–decoder Transformer behind the course's ``Seq2Seq`` interface (``course_lib.seq2seq``),
+    so that the same training loop, greedy decoding and evaluation serve it and the recurrent models.
 
-    ``forward(src (B, S), tgt_in (B, T)) -> logits (B, T, tgt_vocab)`` under teacher forcing;
-    ``greedy_decode`` translates; ``attention_maps`` returns every layer's per-head weights.
+    Sizes from the ``ModelConfig`` the recurrent models share: ``d_model = hidden_size``, ``num_layers``
+    encoder and decoder layers, a feed-forward width of ``2 · d_model`` (``embed_size`` is not used:
+    the embeddings are ``d_model`` wide, as the residual stream). ``forward(src, src_lengths, tgt_in)``
+    gives the logits ``(B, T, V)`` under teacher forcing in one pass; ``decode_step`` reruns the decoder
+    over the prefix (no KV cache: lesson 07 adds one) and returns, as its attention weights, the last
+    layer's cross-attention averaged over the heads; ``attention_maps`` returns every layer's heads.
     """
 
-    def __init__(self, src_vocab: int, tgt_vocab: int, d_model: int = 64, num_heads: int = 4,
-                 num_layers: int = 2, d_ff: int = 256, pad_id: int = 0, max_len: int = 256):
-        super().__init__()
+    name = "transformer"
+    has_attention = True
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, config: ModelConfig | None = None,
+                 num_heads: int = 4, max_len: int = 256, pad_id: int = 0):
+        config = config or ModelConfig()
+        super().__init__(src_vocab_size, tgt_vocab_size, config)
+        d_model, d_ff = config.hidden_size, 2 * config.hidden_size
         self.d_model, self.pad_id = d_model, pad_id
-        self.src_embed = nn.Embedding(src_vocab, d_model, padding_idx=pad_id)
-        self.tgt_embed = nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
+        self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=pad_id)
+        self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=pad_id)
         self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
-        self.encoder = nn.ModuleList(EncoderLayer(d_model, num_heads, d_ff) for _ in range(num_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(d_model, num_heads, d_ff) for _ in range(num_layers))
+        self.encoder = nn.ModuleList(EncoderLayer(d_model, num_heads, d_ff) for _ in range(config.num_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(d_model, num_heads, d_ff) for _ in range(config.num_layers))
         self.encoder_norm, self.decoder_norm = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.generator = nn.Linear(d_model, tgt_vocab)
+        self.generator = nn.Linear(d_model, tgt_vocab_size)
 
     def _embed(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[1] > self.positions.shape[0]:
             raise ValueError(f"sequences are at most max_len = {self.positions.shape[0]} tokens, got {ids.shape[1]}")
         return table(ids) * math.sqrt(self.d_model) + self.positions[: ids.shape[1]]  # (B, n, d)
 
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """``src (B, S)`` -> memory ``(B, S, d)``, the keys that may be attended ``(B, S)``, and each
-        layer's self-attention weights ``(B, H, S, S)``."""
-        if src.dim() != 2:
-            raise ValueError(f"src must be token ids of shape (B, S), got {tuple(src.shape)}")
-        src_allowed = src != self.pad_id  # (B, S): True = a real token, may be attended
+    def _encode(self, src: torch.Tensor, src_lengths: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """memory ``(B, S, d)``, the keys that may be attended ``(B, S)``, each layer's ``(B, H, S, S)``."""
+        if src.dim() != 2 or src_lengths.shape != (src.shape[0],):
+            raise ValueError(f"src must be (B, S) token ids and src_lengths (B,), got {tuple(src.shape)} "
+                             f"and {tuple(src_lengths.shape)}")
+        src_allowed = torch.arange(src.shape[1], device=src.device) < src_lengths[:, None]  # (B, S): real tokens
         x, maps = self._embed(self.src_embed, src), []
         for layer in self.encoder:
             x, weights = layer(x, src_allowed)
             maps.append(weights)
         return self.encoder_norm(x), src_allowed, maps
 
-    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_allowed: torch.Tensor
-               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """``tgt_in (B, T)`` -> logits ``(B, T, V)``, and each layer's self- and cross-attention weights."""
+    def _decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_allowed: torch.Tensor
+                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """logits ``(B, T, V)``, and each layer's self- ``(B, H, T, T)`` and cross-attention ``(B, H, T, S)``."""
         y, self_maps, cross_maps = self._embed(self.tgt_embed, tgt_in), [], []
         for layer in self.decoder:
             y, self_weights, cross_weights = layer(y, memory, src_allowed)
@@ -128,35 +141,26 @@ class Transformer(nn.Module):
             cross_maps.append(cross_weights)
         return self.generator(self.decoder_norm(y)), self_maps, cross_maps
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        memory, src_allowed, _ = self.encode(src)
-        return self.decode(tgt_in, memory, src_allowed)[0]  # (B, T, V)
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory, src_allowed, _ = self._encode(src, src_lengths)
+        return self._decode(tgt_in, memory, src_allowed)[0]  # (B, T, V): every position at once
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple:
+        memory, src_allowed, _ = self._encode(src, src_lengths)
+        return memory, src_allowed, src.new_zeros(src.shape[0], 0)  # no target token read yet: (B, 0)
+
+    def decode_step(self, y_prev: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+        memory, src_allowed, prefix = state
+        prefix = torch.cat([prefix, y_prev[:, None]], dim=1)  # (B, t + 1): the tokens read so far
+        logits, _, cross_maps = self._decode(prefix, memory, src_allowed)
+        weights = cross_maps[-1][:, :, -1].mean(dim=1)  # (B, H, S) of the newest position -> (B, S)
+        return logits[:, -1], (memory, src_allowed, prefix), weights  # (B, V)
 
     @torch.no_grad()
-    def greedy_decode(self, src: torch.Tensor, sos_id: int, eos_id: int, max_len: int | None = None) -> list[list[int]]:
-        """The most likely next token, one step at a time, until ``<eos>`` (which is not returned).
-
-        The decoder reruns over the whole prefix at each step (no KV cache: lesson 07 adds one)."""
-        memory, src_allowed, _ = self.encode(src)
-        max_len = max_len or min(2 * src.shape[1] + 10, self.positions.shape[0] - 1)
-        tokens = torch.full((src.shape[0], 1), sos_id, dtype=torch.long, device=src.device)  # (B, 1)
-        finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-        for _ in range(max_len):
-            logits = self.decode(tokens, memory, src_allowed)[0][:, -1]  # (B, V): the last position's
-            next_token = logits.argmax(-1).masked_fill(finished, self.pad_id)  # (B,)
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, t + 1)
-            finished |= next_token == eos_id
-            if finished.all():
-                break
-        out = []
-        for row in tokens[:, 1:].tolist():
-            out.append(row[: row.index(eos_id)] if eos_id in row else [t for t in row if t != self.pad_id])
-        return out
-
-    @torch.no_grad()
-    def attention_maps(self, src: torch.Tensor, tgt_in: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    def attention_maps(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
+                       ) -> dict[str, list[torch.Tensor]]:
         """Per-head weights of every layer: ``{"encoder": [(B, H, S, S)], "decoder self": [(B, H, T, T)],
         "decoder cross": [(B, H, T, S)]}`` — lists indexed by layer."""
-        memory, src_allowed, encoder_maps = self.encode(src)
-        _, self_maps, cross_maps = self.decode(tgt_in, memory, src_allowed)
+        memory, src_allowed, encoder_maps = self._encode(src, src_lengths)
+        _, self_maps, cross_maps = self._decode(tgt_in, memory, src_allowed)
         return {"encoder": encoder_maps, "decoder self": self_maps, "decoder cross": cross_maps}
