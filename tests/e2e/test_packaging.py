@@ -60,7 +60,7 @@ def test_environment_yml_lists_the_package_and_its_lab_and_dev_extras():
 def test_colab_gets_the_lessons_needs_and_keeps_its_own_torch_and_ipywidgets():
     """Does `pip install` of the course on Colab bring JupyterLab or nbgrader, or replace Colab's torch?"""
     own, lab = _own(), _extra("lab")
-    assert set(own) == {"torch", "numpy", "matplotlib", "ipywidgets", "tqdm"}
+    assert set(own) == {"torch", "numpy", "matplotlib", "ipywidgets", "tqdm", "sacrebleu"}
     assert {"jupyterlab", "nbgrader", "nbformat", "nbclient"} <= set(lab)
     for name, colab_version in COLAB_KEEPS.items():
         floor = _floor(own[name])
