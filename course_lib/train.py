@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from course_lib.data import Corpus, batches, corpus_fingerprint, load_corpus
+from course_lib.data import Corpus, Pair, batches, corpus_fingerprint, load_corpus
 from course_lib.seq2seq import MODEL_NAMES, ModelConfig, Seq2Seq, build_model
 
 __all__ = [
@@ -78,10 +79,10 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor, pad: int = 0) -> 
     return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad)  # (B·T, V)
 
 
-def _endless_batches(corpus: Corpus, batch_size: int, seed: int):
+def _endless_batches(corpus: Corpus, pairs: Sequence[Pair], batch_size: int, seed: int):
     epoch = 0
     while True:
-        yield from batches(corpus.train, corpus.src_vocab, corpus.tgt_vocab, batch_size,
+        yield from batches(pairs, corpus.src_vocab, corpus.tgt_vocab, batch_size,
                            shuffle=True, seed=seed * 100_003 + epoch)
         epoch += 1
 
@@ -95,8 +96,11 @@ def train(
     clip: float = 1.0,
     seed: int = 0,
     progress: bool | None = None,
+    pairs: Sequence[Pair] | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``steps`` batches of ``corpus.train``; returns the loss of each step.
+
+    ``pairs`` trains on a subset instead (a lesson's short live run on short sentences, say).
 
     Teacher forcing: the decoder's input is ``<sos>`` followed by the reference target, and the loss
     is the cross-entropy of the next reference token at every position. Gradients are clipped to a
@@ -107,7 +111,7 @@ def train(
     if steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps}")
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    stream = _endless_batches(corpus, batch_size, seed)
+    stream = _endless_batches(corpus, corpus.train if pairs is None else pairs, batch_size, seed)
     losses: list[float] = []
     model.train()
     bar = tqdm(total=steps, desc=f"training {model.name or type(model).__name__}",
