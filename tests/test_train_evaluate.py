@@ -104,6 +104,7 @@ def test_the_command_line_trains_a_tiny_checkpoint_that_evaluate_reads(tmp_path)
     done = subprocess.run([sys.executable, "-m", "course_lib.evaluate", str(path), "--json"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # sacrebleu's warnings included: a lesson's grade cell must not write to stderr
     scores = json.loads(done.stdout)
     assert set(scores) == {"bleu", "exact"}
     assert list(scores["bleu"]) == list(BUCKETS) and list(scores["exact"]) == list(BUCKETS)
