@@ -84,6 +84,18 @@ class DecoderLayer(nn.Module):
         return y + self.ff(self.norm_ff(y)), self_weights, cross_weights
 
 
+def _decoder_step(layer: DecoderLayer, prefix: torch.Tensor, memory: torch.Tensor, src_allowed: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer`` for the newest position only: ``prefix (B, t, d)`` holds the layer's inputs at positions
+    0..t-1 (the newest last), which the newest position's causal self-attention may all see.
+    Returns its output ``(B, 1, d)`` and its cross-attention weights ``(B, H, 1, S)``."""
+    h = layer.norm_self(prefix)  # (B, t, d)
+    y = prefix[:, -1:] + layer.self_attn(h[:, -1:], h, h)[0]  # (B, 1, d): the newest query, every key
+    attended, cross_weights = layer.cross_attn(layer.norm_cross(y), memory, memory, key_padding_mask=src_allowed)
+    y = y + attended
+    return y + layer.ff(layer.norm_ff(y)), cross_weights
+
+
 class Transformer(Seq2Seq):
     """An encoder–decoder Transformer behind the course's ``Seq2Seq`` interface (``course_lib.seq2seq``),
     so that the same training loop, greedy decoding and evaluation serve it and the recurrent models.
@@ -91,9 +103,9 @@ class Transformer(Seq2Seq):
     Sizes from the ``ModelConfig`` the recurrent models share: ``d_model = hidden_size``, ``num_layers``
     encoder and decoder layers, a feed-forward width of ``2 · d_model`` (``embed_size`` is not used:
     the embeddings are ``d_model`` wide, as the residual stream). ``forward(src, src_lengths, tgt_in)``
-    gives the logits ``(B, T, V)`` under teacher forcing in one pass; ``decode_step`` reruns the decoder
-    over the prefix (no KV cache: lesson 07 adds one) and returns, as its attention weights, the last
-    layer's cross-attention averaged over the heads; ``attention_maps`` returns every layer's heads.
+    gives the logits ``(B, T, V)`` under teacher forcing in one pass; ``decode_step`` runs the newest
+    position only, keeping each decoder layer's earlier inputs, and returns, as its attention weights,
+    the last layer's cross-attention averaged over the heads; ``attention_maps`` returns every layer's heads.
     """
 
     name = "transformer"
@@ -147,14 +159,24 @@ class Transformer(Seq2Seq):
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple:
         memory, src_allowed, _ = self._encode(src, src_lengths)
-        return memory, src_allowed, src.new_zeros(src.shape[0], 0)  # no target token read yet: (B, 0)
+        return memory, src_allowed, [None] * len(self.decoder)  # each layer's inputs so far: none yet
 
     def decode_step(self, y_prev: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple, torch.Tensor]:
-        memory, src_allowed, prefix = state
-        prefix = torch.cat([prefix, y_prev[:, None]], dim=1)  # (B, t + 1): the tokens read so far
-        logits, _, cross_maps = self._decode(prefix, memory, src_allowed)
-        weights = cross_maps[-1][:, :, -1].mean(dim=1)  # (B, H, S) of the newest position -> (B, S)
-        return logits[:, -1], (memory, src_allowed, prefix), weights  # (B, V)
+        """One new position: every layer keeps its inputs at the earlier positions (a cache of layer
+        inputs, not of keys and values), so only the newest position goes through the layer."""
+        memory, src_allowed, inputs = state
+        t = 0 if inputs[0] is None else inputs[0].shape[1]
+        if t >= self.positions.shape[0]:
+            raise ValueError(f"sequences are at most max_len = {self.positions.shape[0]} tokens")
+        y = self.tgt_embed(y_prev[:, None]) * math.sqrt(self.d_model) + self.positions[t]  # (B, 1, d) at position t
+        new_inputs = []
+        for layer, earlier in zip(self.decoder, inputs):
+            prefix = y if earlier is None else torch.cat([earlier, y], dim=1)  # (B, t + 1, d)
+            new_inputs.append(prefix)
+            y, cross_weights = _decoder_step(layer, prefix, memory, src_allowed)
+        logits = self.generator(self.decoder_norm(y))[:, 0]  # (B, V)
+        weights = cross_weights[:, :, 0].mean(dim=1)  # the last layer's (B, H, S), averaged -> (B, S)
+        return logits, (memory, src_allowed, new_inputs), weights
 
     @torch.no_grad()
     def attention_maps(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
