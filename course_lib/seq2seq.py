@@ -212,7 +212,14 @@ MODELS: dict[str, _Builder] = {
     "gru-encdec": lambda s, t, config: GRUEncoderDecoder(s, t, config),
     "lstm": lambda s, t, config: LSTMSeq2Seq(s, t, config, reverse_source=False),
     "lstm-reversed": lambda s, t, config: LSTMSeq2Seq(s, t, config, reverse_source=True),
+    "transformer": lambda s, t, config: _transformer(s, t, config),
 }
+
+
+def _transformer(src_vocab_size: int, tgt_vocab_size: int, config: ModelConfig) -> Seq2Seq:
+    from course_lib.transformer import Transformer  # lesson 06; imported here: it builds on this module
+
+    return Transformer(src_vocab_size, tgt_vocab_size, config)
 _LESSON_OF = {"rnnsearch": 3, "luong-dot": 4, "luong-general": 4, "luong-concat": 4, "transformer": 6}
 
 

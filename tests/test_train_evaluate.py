@@ -172,15 +172,15 @@ def test_the_figure_draws_one_line_per_model_and_adds_to_an_axes():
 
 # --- the shipped checkpoints -------------------------------------------------------------------
 
-def test_the_three_recurrent_models_are_shipped():
-    assert training.shipped_models() == SHIPPED
+def test_the_three_recurrent_models_and_the_transformer_are_shipped():
+    assert training.shipped_models() == [*SHIPPED, "transformer"]
     done = subprocess.run([sys.executable, "-m", "course_lib.evaluate", "--list"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.split() == SHIPPED
+    assert done.returncode == 0 and done.stdout.split() == [*SHIPPED, "transformer"]
     with pytest.raises(ValueError, match="no shipped checkpoint"):
-        training.load_checkpoint("transformer")
+        training.load_checkpoint("rnnsearch")
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", [*SHIPPED, "transformer"])
 def test_a_shipped_checkpoint_was_trained_on_this_very_corpus(name):
     """Fails when the corpus or its vocabularies change under the checkpoints: retrain them then."""
     model, metadata = training.load_checkpoint(name)

@@ -92,3 +92,13 @@ PYTORCH_RNN = Forbidden(
         "lstm": _LSTM,
     },
 )
+
+
+_MHA = "it is PyTorch's multi-head attention"
+
+# PyTorch's multi-head attention: nn.MultiheadAttention's forward goes through
+# F.multi_head_attention_forward (its eval-mode fast path through _native_multi_head_attention).
+PYTORCH_MHA = Forbidden(
+    functions={F.multi_head_attention_forward: _MHA, torch._native_multi_head_attention: _MHA},
+    operators={"_native_multi_head_attention": _MHA},
+)

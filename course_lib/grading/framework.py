@@ -101,7 +101,9 @@ class Behaviour:
     """A property the output must have that values alone could fake (e.g. causality, linear memory).
 
     ``test(call, device, gen)`` calls the student's function through ``call`` and returns None
-    when the property holds, or a sentence saying how it is broken. ``call.measured(*args)`` gives
+    when the property holds, or a sentence saying how it is broken. In a module exercise ``call``
+    also takes ``init`` and ``state`` (as a ``Case``'s): it builds the student's module with them and
+    returns its output (the first item of a tuple). ``call.measured(*args)`` gives
     ``(result, peak_bytes)``: the call under ``no_grad`` with the bytes it kept alive at its peak
     tracked where the call runs (in the kernel for the instant check; for the recorded grade, in
     the replay worker, out of the notebook's reach).
@@ -336,15 +338,20 @@ class Exercise:
         """The student's result (and module, for module exercises)."""
         if not self.module:
             return call_student(self.name, fn, args, kwargs, self.forbidden, self.timeout_s), None
-        module = call_student(self.name, fn, (), dict(case.init), self.forbidden, self.timeout_s)
+        module = self._build_module(fn, case.init, case.state, device)
+        return call_student(self.name, module, args, kwargs, self.forbidden, self.timeout_s), module
+
+    def _build_module(self, fn: Any, init: dict, state: dict | None, device: torch.device) -> nn.Module:
+        """The student's module, built with ``init`` and given the reference's ``state``."""
+        module = call_student(self.name, fn, (), dict(init), self.forbidden, self.timeout_s)
         if not isinstance(module, nn.Module):
             raise StudentFailed("type", f"{self.name}(...) built a {type(module).__name__}, not an nn.Module — "
                                 "does your class inherit from nn.Module?")
         try:
-            _load_state(module, case.state, self.module.parameter_names, device)
+            _load_state(module, state, self.module.parameter_names, device)
         except ValueError as error:
             raise StudentFailed("structure", str(error)) from None
-        return call_student(self.name, module, args, kwargs, self.forbidden, self.timeout_s), module
+        return module
 
     def _run_case(self, fn: Any, case: Case, device: torch.device) -> Failure | None:
         """Call the student's code on ``case`` (and take its gradients), then judge them as ``judge`` does,
@@ -448,7 +455,12 @@ class Exercise:
 
     def _run_behaviour(self, fn: Any, behaviour: Behaviour, device: torch.device, seed: int) -> Failure | None:
         def call(*args: Any, **kwargs: Any) -> Any:
-            result = call_student(self.name, fn, args, kwargs, self.forbidden, self.timeout_s)
+            if self.module:
+                module = self._build_module(fn, kwargs.pop("init"), kwargs.pop("state"), device)
+                result = call_student(self.name, module, args, kwargs, self.forbidden, self.timeout_s)
+                result = result[0] if isinstance(result, tuple) and result else result
+            else:
+                result = call_student(self.name, fn, args, kwargs, self.forbidden, self.timeout_s)
             if not isinstance(result, torch.Tensor):
                 raise StudentFailed("type", f"expected a torch.Tensor, got {type(result).__name__}")
             return result.detach()

@@ -279,11 +279,16 @@ def _replay_case(worker: ReplayWorker, exercise: Exercise, function: str, case: 
 def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, secret, call) -> str | None:  # noqa: ANN001
     def request(args: tuple, kwargs: dict, measure: bool) -> tuple[torch.Tensor, dict]:
         tensors: dict[str, torch.Tensor] = {}
-        header = {**_call_header(exercise, function, device, tensors, args, kwargs), "measure": measure}
+        case = None
+        if exercise.module:  # a module behaviour's call builds the module with a Case's init and state
+            case = Case("behaviour", args, kwargs, init=kwargs.pop("init"), state=kwargs.pop("state"))
+        header = {**_call_header(exercise, function, device, tensors, args, kwargs, case), "measure": measure}
         reply, out = worker.request(header, tensors, timeout)
         if "error" in reply:
             raise _BehaviourCallFailed(reply.get("problem", ""))
         result = replay_worker.decode(reply["result"], {k: t.to(device) for k, t in out.items()})
+        if exercise.module and isinstance(result, tuple) and result:
+            result = result[0]
         if not isinstance(result, torch.Tensor):
             raise _BehaviourCallFailed(f"expected a torch.Tensor, got {type(result).__name__}")
         return result, reply
