@@ -217,6 +217,9 @@ class Exercise:
     # Turns what the student passes into the function the cases call (e.g. a Triton kernel piece into
     # a function of tensors, by running it inside a provided kernel); None: called as it is.
     adapt: Callable[[Any], Any] | None = None
+    # True where ``adapt`` only refuses (e.g. a class built on course_lib's cells) and otherwise passes
+    # the student's object on: the replay worker, where course_lib cannot be imported, needs no adapting.
+    adapt_only_refuses: bool = False
 
     # -- the public entry point --
 

@@ -170,6 +170,7 @@ GRU_CELL = Exercise(
     forbidden=PYTORCH_RNN,
     module=ModuleSpec(),
     adapt=refuse_course_cells(*(m.function for m in GRU_MISTAKES)),
+    adapt_only_refuses=True,
 )
 
 

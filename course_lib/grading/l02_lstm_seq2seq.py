@@ -125,6 +125,7 @@ LSTM_CELL = Exercise(
     output_names=("h", "c"),
     module=ModuleSpec(),
     adapt=refuse_course_cells(*(m.function for m in LSTM_MISTAKES)),
+    adapt_only_refuses=True,
 )
 
 

@@ -217,7 +217,7 @@ def _worker_at(worker: ReplayWorker | None, cells: list[tuple[int, str, str]], i
 
 
 def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secret: str) -> tuple[Failure | None, str]:
-    if exercise.adapt is not None:
+    if exercise.adapt is not None and not exercise.adapt_only_refuses:
         return None, "in-kernel only (what the student passes is adapted inside the kernel)"
     device = runtime.device()
     cases = exercise.make_cases(runtime.generator(secret_seed(secret, call)))
