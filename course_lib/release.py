@@ -31,8 +31,11 @@ from pathlib import Path
 
 try:
     import tomllib
-except ImportError:  # Python 3.10: JupyterLab (the [lab] extra, needed to release) brings tomli
-    import tomli as tomllib
+except ImportError:  # Python 3.10: JupyterLab (the [lab] extra, which releasing needs) brings tomli
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
 
 LINK_CELL_ID = "course-colab-link"
 SETUP_CELL_ID = "course-setup"
@@ -62,6 +65,8 @@ class Course:
 
     @classmethod
     def from_pyproject(cls, path: Path) -> Course:
+        if tomllib is None:
+            raise ImportError("reading pyproject.toml on Python 3.10 needs tomli: pip install -e '.[lab]'")
         project = tomllib.loads(path.read_text(encoding="utf-8"))["project"]
         urls = project.get("urls", {})
         repository = urls.get("Repository") or urls.get("repository")

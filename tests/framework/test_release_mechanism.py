@@ -198,3 +198,12 @@ def test_work_copies_a_lesson_once_and_names_a_newer_release(tmp_path):
     Path(fresh).write_text(release.notebook_text(erratum))
     (message,) = work.update_work(notebooks, student)
     assert message.endswith(f"a fresh copy is already beside it: {fresh}")
+
+
+def test_work_main_prints_what_make_lab_shows(tmp_path, capsys):
+    notebooks = tmp_path / "notebooks"
+    _write(notebooks, release.normalise_release(_notebook("x = 1"), UNPUBLISHED))
+    work.main([str(notebooks), str(tmp_path / "work")])
+    assert capsys.readouterr().out == f"copied {LESSON} into work/\n"
+    copy = json.loads((tmp_path / "work" / LESSON / f"{LESSON}.ipynb").read_text())
+    assert copy["metadata"]["language_info"] == dict(release.PYTHON_LANGUAGE_INFO, version=sys.version.split()[0])
