@@ -254,15 +254,39 @@ def record_times(measured: Path, shipped: Path = TIMES_PATH) -> dict:
     return table
 
 
+README_TIMES = ("<!-- lesson times: written by `make lesson-times` -->", "<!-- end of lesson times -->")
+
+
+def times_table(table: dict) -> str:
+    """The README's table of measured run times, one row per lesson measured on any device."""
+    lessons = sorted({lesson for entry in table.values() for lesson in entry["seconds"]})
+    kinds = [("cpu", "CPU"), ("cuda", "GPU")]
+    header = " | ".join(f"{name} ({table[kind]['machine']})" if kind in table else f"{name} (not measured)"
+                        for kind, name in kinds)
+    rows = [f"| lesson | {header} |", "|---|---|---|"]
+    for lesson in lessons:
+        cells = [f"{table[kind]['seconds'][lesson]:.0f} s" if lesson in table.get(kind, {}).get("seconds", {})
+                 else "–" for kind, _ in kinds]
+        rows.append(f"| {lesson} | {' | '.join(cells)} |")
+    return "\n".join([README_TIMES[0], *rows, README_TIMES[1]])
+
+
+def write_readme_times(readme: Path, table: dict) -> None:
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.index(README_TIMES[0]), text.index(README_TIMES[1]) + len(README_TIMES[1])
+    readme.write_text(text[:start] + times_table(table) + text[end:], encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m course_lib.release", description=__doc__.split("\n\n")[0])
     parser.add_argument("lessons", nargs="*", help="NN_slug of the lessons to release (default: every lesson)")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the course's repository (default: here)")
     parser.add_argument("--record-times", type=Path, metavar="MEASURED_JSON",
-                        help="only merge these measured run times into course_lib/data/lesson_times.json")
+                        help="only merge these measured run times into course_lib/data/lesson_times.json "
+                             "and README.md's table")
     args = parser.parse_args(argv)
     if args.record_times:
-        record_times(args.record_times)
+        write_readme_times(args.root / "README.md", record_times(args.record_times))
     else:
         release(args.root, args.lessons)
 

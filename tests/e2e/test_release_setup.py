@@ -6,9 +6,11 @@ A lesson merged without it fails here with the message to run `make release`.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from course_lib import release, work
+from course_lib import lesson, release, work
 
 pytest.importorskip("nbformat", reason="needs nbformat (the [lab] extra)")
 from nbgrader_course import LESSONS, RELEASE, REPO, SOLUTIONS, notebook_path  # noqa: E402 - after the skip
@@ -67,3 +69,10 @@ def test_a_copy_in_work_carries_what_its_kernel_reports(tmp_path):
     assert copy["metadata"]["language_info"] == reply["content"]["language_info"]
     released = release.read_notebook(notebook_path(RELEASE, lesson))
     assert copy["cells"] == released["cells"]
+
+
+def test_readme_times_are_the_shipped_measurements():
+    times = json.loads((REPO / "course_lib" / "data" / lesson.TIMES_FILE).read_text())
+    assert release.times_table(times) in (REPO / "README.md").read_text(), (
+        "README.md's table of lesson times differs from course_lib/data/lesson_times.json: run `make lesson-times`"
+    )

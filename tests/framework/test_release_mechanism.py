@@ -207,3 +207,16 @@ def test_work_main_prints_what_make_lab_shows(tmp_path, capsys):
     assert capsys.readouterr().out == f"copied {LESSON} into work/\n"
     copy = json.loads((tmp_path / "work" / LESSON / f"{LESSON}.ipynb").read_text())
     assert copy["metadata"]["language_info"] == dict(release.PYTHON_LANGUAGE_INFO, version=sys.version.split()[0])
+
+
+def test_times_table_rows_and_readme_rewrite(tmp_path):
+    table = {"cpu": {"machine": "2 CPU cores", "seconds": {"05_x": 32.2, "07_y": 54.0}},
+             "cuda": {"machine": "NVIDIA H200", "seconds": {"05_x": 17.0}}}
+    text = release.times_table(table)
+    assert "| lesson | CPU (2 CPU cores) | GPU (NVIDIA H200) |" in text
+    assert "| 05_x | 32 s | 17 s |" in text and "| 07_y | 54 s | – |" in text
+    assert "GPU (not measured)" in release.times_table({"cpu": table["cpu"]})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{release.README_TIMES[0]}\nold rows\n{release.README_TIMES[1]}\nafter\n")
+    release.write_readme_times(readme, table)
+    assert readme.read_text() == f"before\n{text}\nafter\n"
