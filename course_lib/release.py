@@ -134,10 +134,12 @@ def setup_cell_source(course: Course, lesson: str) -> str:
         install = (
             '    kept = [f"{name}=={metadata.version(name)}" for name in ("torch", "ipywidgets")]  # Colab\'s own\n'
             f'    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", {json.dumps(requirement)}, *kept], check=True)\n'
+            "    importlib.invalidate_caches()  # so that this session imports it straight away\n"
         )
     return (
         f"# Set-up. On Google Colab, this installs the course's package, course_lib {course.version}, and keeps\n"
         "# Colab's own torch and ipywidgets; elsewhere the course is installed already (`make lab`, conda).\n"
+        "import importlib\n"
         "import subprocess\n"
         "import sys\n"
         "from importlib import metadata\n"
@@ -154,10 +156,6 @@ def setup_cell_source(course: Course, lesson: str) -> str:
         "\n"
         f"start_lesson({json.dumps(lesson)}, released_with={json.dumps(course.version)})"
     )
-
-
-def _cell_index(nb: dict, cell_id: str) -> int | None:
-    return next((i for i, cell in enumerate(nb["cells"]) if cell.get("id") == cell_id), None)
 
 
 def prepare_solution(nb: dict, lesson: str, course: Course) -> dict:
