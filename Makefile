@@ -18,28 +18,45 @@ LAB_CONFIG_PATH := $(abspath lab_config)$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_C
 comma := ,
 TEST_EXTRAS := lab,dev$(if $(filter Linux,$(shell uname -s)),$(comma)triton)
 
-.PHONY: lab test test-gpu release bench grade clean
+.PHONY: lab test test-gpu release lesson-times bench grade clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# torch is installed first, and only where the venv has none (an installed torch is left alone, as CI's
+# local CPU build is): on Linux without an NVIDIA GPU, the CPU build from PyTorch's CPU wheel index
+# (PyPI's Linux torch is a CUDA build of several GB); elsewhere PyPI's (CUDA on Linux, the macOS build).
+# Choose with `make lab TORCH_INDEX=<index URL>` (e.g. https://download.pytorch.org/whl/cu126), or
+# `TORCH_INDEX=` for PyPI's. UNAME and NVIDIA_SMI are there for the tests.
+UNAME ?= $(shell uname -s)
+NVIDIA_SMI ?= nvidia-smi
+NVIDIA_GPU := $(shell $(NVIDIA_SMI) -L 2>/dev/null | grep -q '^GPU' && echo yes)
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(if $(filter Linux,$(UNAME)),$(if $(NVIDIA_GPU),,$(TORCH_CPU_INDEX)))
+INSTALL_TORCH = if $(BIN)/python -c "import torch" 2>/dev/null; then \
+		echo "torch $$($(BIN)/python -c 'import torch; print(torch.__version__)') is installed: kept"; \
+	else \
+		$(BIN)/python -m pip install torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+
 $(LAB_INSTALLED): pyproject.toml | $(BIN)/python
+	@$(INSTALL_TORCH)
 	$(BIN)/python -m pip install -e ".[lab]"
 	touch $@
 
 # [lab,dev] includes [lab]: its stamp is renewed too.
 $(TEST_INSTALLED): pyproject.toml | $(BIN)/python
+	@$(INSTALL_TORCH)
 	$(BIN)/python -m pip install -e ".[$(TEST_EXTRAS)]"
 	touch $@ $(LAB_INSTALLED)
 
 # Students work in work/, a copy of notebooks/: each lesson is copied once, never overwritten,
-# so `git pull` and `make release` leave answers alone.
+# so `git pull` and `make release` leave answers alone; a lesson whose release in notebooks/ is newer
+# than the student's copy is named, with how to take it (course_lib/work.py).
+# The first import of torch and matplotlib (its font cache) happens here, not in the first Validate.
 lab: $(LAB_INSTALLED)
-	@mkdir -p work
-	@for lesson in notebooks/*/; do \
-		name=$$(basename "$$lesson"); \
-		if [ ! -e "work/$$name" ]; then cp -R "$$lesson" "work/$$name"; echo "copied $$name into work/"; fi; \
-	done
+	@$(BIN)/python -m course_lib.work notebooks work
+	@$(BIN)/python -c "import matplotlib.pyplot, course_lib.grading"
 	JUPYTER_CONFIG_PATH="$(LAB_CONFIG_PATH)" $(BIN)/jupyter lab work $(ROOT_FLAG) $(LAB_ARGS)
 
 test: $(TEST_INSTALLED)
@@ -50,11 +67,17 @@ test: $(TEST_INSTALLED)
 test-gpu: $(TEST_INSTALLED)
 	$(BIN)/python -m pytest -m gpu -rs
 
-# Regenerate every release notebook from its solution with nbgrader.
+# Every lesson of solutions/: its set-up cells (Colab link, set-up cell) and metadata written from
+# pyproject.toml's version and repository, its release regenerated with nbgrader, the release
+# normalised (course_lib/release.py). `make release LESSONS=05_scaled_dot_product` for one.
 release: $(LAB_INSTALLED)
-	@for lesson in solutions/*/; do \
-		$(BIN)/nbgrader generate_assignment "$$(basename "$$lesson")" --force || exit 1; \
-	done
+	$(BIN)/python -m course_lib.release $(LESSONS)
+
+# Every lesson's solution run from the built wheel in a fresh venv (tests/e2e/test_clean_room.py);
+# the CPU times it measured are then shipped in course_lib/data/lesson_times.json.
+lesson-times: $(TEST_INSTALLED)
+	$(BIN)/python -m pytest tests/e2e/test_clean_room.py -q
+	$(BIN)/python -m course_lib.release --record-times build/clean_room_times.json
 
 # Benchmarks (course_lib/bench/): ratios printed, results saved under bench_results/.
 # `make bench BENCH=name` runs one; COURSE_DEVICE=cpu|cuda chooses the device.

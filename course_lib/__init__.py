@@ -1,3 +1,10 @@
 """Attention, from the bottleneck to FlashAttention: the course package."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+# The version lives in pyproject.toml alone; None where course_lib is imported from a checkout
+# without being installed (PYTHONPATH=.).
+try:
+    __version__ = metadata.version("course_lib")
+except metadata.PackageNotFoundError:
+    __version__ = None

@@ -109,8 +109,14 @@ class Course:
     # --- instructor ----------------------------------------------------------------------------
 
     def generate(self, lesson: str) -> Path:
+        """``nbgrader generate_assignment``, then the release normalised as `make release` does."""
+        from course_lib import release  # noqa: PLC0415 - beside the nbformat-only imports above
+
         self.nbgrader("generate_assignment", lesson, "--force")
-        return notebook_path(self.root / "notebooks", lesson)
+        path = notebook_path(self.root / "notebooks", lesson)
+        course = release.Course.from_pyproject(REPO / "pyproject.toml")
+        release.write_if_changed(path, release.normalise_release(release.read_notebook(path), course))
+        return path
 
     def autograde(self, student: str, lesson: str) -> None:
         start = time.perf_counter()
