@@ -26,12 +26,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.manager import AsyncKernelManager
-from nbclient.exceptions import DeadKernelError
-from nbformat import NotebookNode
-from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Bool, Integer, List, Unicode
-from traitlets.config import Configurable
+try:  # the instructor's side: nbgrader and what it brings come with the [lab] extra
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+    from nbformat import NotebookNode
+    from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+    from traitlets import Bool, Integer, List, Unicode
+    from traitlets.config import Configurable
+except ImportError as error:
+    raise ImportError(f"grading needs nbgrader: pip install -e '.[lab]' ({error})") from error
 
 from course_lib.grading import outside, sandbox
 from course_lib.grading.framework import GradingEnvironmentError
@@ -135,8 +139,6 @@ class SandboxedExecute(SandboxLimits, Execute):
         return manager
 
     def preprocess(self, nb: NotebookNode, resources: Any = None, km: Any = None) -> tuple[NotebookNode, Any]:
-        from nbclient import NotebookClient  # noqa: PLC0415
-
         NotebookClient.__init__(self, nb, km)
         self.reset_execution_trackers()
         self._check_assign_resources(resources)

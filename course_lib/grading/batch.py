@@ -156,7 +156,10 @@ class Batch:
     # -- the one writer --
 
     def _merge(self, student: str, scratch: Path, folder: Path) -> None:
-        from nbgrader.api import Gradebook, MissingEntry  # noqa: PLC0415
+        try:  # noqa: SIM105 - nbgrader is the instructor's, from the [lab] extra
+            from nbgrader.api import Gradebook, MissingEntry  # noqa: PLC0415
+        except ImportError as error:
+            raise ImportError(f"grading needs nbgrader: pip install -e '.[lab]' ({error})") from error
 
         with Gradebook(f"sqlite:///{scratch / 'gradebook.db'}") as source, \
                 Gradebook(f"sqlite:///{self.root / 'gradebook.db'}") as course:

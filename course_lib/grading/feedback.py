@@ -12,8 +12,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from nbformat import NotebookNode
-from nbgrader.preprocessors import NbGraderPreprocessor
+try:  # the instructor's side: nbgrader comes with the [lab] extra
+    from nbformat import NotebookNode
+    from nbgrader.preprocessors import NbGraderPreprocessor
+except ImportError as error:
+    raise ImportError(f"feedback needs nbgrader: pip install -e '.[lab]' ({error})") from error
 
 from course_lib.grading.outside import check_calls
 

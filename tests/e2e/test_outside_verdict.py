@@ -59,7 +59,12 @@ def _verdict(nb, tmp_path):
                                    cell_timeout=60)["check_sliding_window_attention"]
 
 
-def test_a_dense_answer_with_a_patched_tracker_fails_outside(tmp_path):
+def test_a_dense_answer_with_a_patched_tracker_fails_outside(tmp_path, monkeypatch):
+    import course_lib.grading.framework  # noqa: PLC0415
+    import course_lib.memory  # noqa: PLC0415
+
+    for module in (course_lib.memory, course_lib.grading.framework):  # put back after the test
+        monkeypatch.setattr(module, "track_live_memory", module.track_live_memory)
     namespace: dict = {}
     exec("import math\nimport torch\n" + solution_answers(notebook_path(SOLUTIONS, LESSON))["sliding_window_mask"]
          + "\n" + DENSE_WITH_A_PATCHED_TRACKER, namespace)
