@@ -10,8 +10,9 @@ from course_lib.rnn import GRUCell
 from course_lib.seq2seq import GRUEncoderDecoder, ModelConfig, Seq2Seq, build_model, run_gru
 
 
-def cho_gru(x, h, w_ih, w_hh, b_ih, b_hh):
-    """Cho et al.'s GRU in float64, gate by gate: r and z, then the candidate from r ⊙ h."""
+def _gru64(x, h, w_ih, w_hh, b_ih, b_hh, reset_before_product):
+    """A GRU step in float64, gate by gate: r and z, then the candidate, with the reset gate applied to h
+    before the product (Cho et al.) or to (U h + b_hn) after it (nn.GRUCell)."""
     x, h = x.double(), h.double()
     W_r, W_z, W = w_ih.double().chunk(3)
     U_r, U_z, U = w_hh.double().chunk(3)
@@ -19,21 +20,19 @@ def cho_gru(x, h, w_ih, w_hh, b_ih, b_hh):
     b_hr, b_hz, b_hn = b_hh.double().chunk(3)
     r = torch.sigmoid(x @ W_r.T + b_ir + h @ U_r.T + b_hr)
     z = torch.sigmoid(x @ W_z.T + b_iz + h @ U_z.T + b_hz)
-    candidate = torch.tanh(x @ W.T + b_in + (r * h) @ U.T + b_hn)
+    recurrent = (r * h) @ U.T + b_hn if reset_before_product else r * (h @ U.T + b_hn)
+    candidate = torch.tanh(x @ W.T + b_in + recurrent)
     return z * h + (1 - z) * candidate
+
+
+def cho_gru(x, h, w_ih, w_hh, b_ih, b_hh):
+    """Cho et al.'s GRU in float64: the candidate from r ⊙ h."""
+    return _gru64(x, h, w_ih, w_hh, b_ih, b_hh, reset_before_product=True)
 
 
 def pytorch_variant(x, h, w_ih, w_hh, b_ih, b_hh):
     """nn.GRUCell's equations in float64: the reset gate multiplies (U h + b_hn), after the product."""
-    x, h = x.double(), h.double()
-    W_r, W_z, W = w_ih.double().chunk(3)
-    U_r, U_z, U = w_hh.double().chunk(3)
-    b_ir, b_iz, b_in = b_ih.double().chunk(3)
-    b_hr, b_hz, b_hn = b_hh.double().chunk(3)
-    r = torch.sigmoid(x @ W_r.T + b_ir + h @ U_r.T + b_hr)
-    z = torch.sigmoid(x @ W_z.T + b_iz + h @ U_z.T + b_hz)
-    candidate = torch.tanh(x @ W.T + b_in + r * (h @ U.T + b_hn))
-    return z * h + (1 - z) * candidate
+    return _gru64(x, h, w_ih, w_hh, b_ih, b_hh, reset_before_product=False)
 
 
 def _parameters(cell):
