@@ -26,8 +26,8 @@ from torch import nn
 from course_lib.rnn import GRUCell
 
 __all__ = [
-    "ModelConfig", "Seq2Seq", "GRUEncoderDecoder", "LSTMSeq2Seq", "MODELS", "MODEL_NAMES",
-    "build_model", "run_gru",
+    "ModelConfig", "Seq2Seq", "check_batch", "GRUEncoderDecoder", "LSTMSeq2Seq", "MODELS", "MODEL_NAMES",
+    "build_model", "run_gru", "reverse_within_lengths",
 ]
 
 # Every model of lessons 01-06, in the order the lessons introduce them. Models not built yet are
@@ -50,7 +50,7 @@ class ModelConfig:
         return asdict(self)
 
 
-def _check_batch(src: torch.Tensor, src_lengths: torch.Tensor) -> None:
+def check_batch(src: torch.Tensor, src_lengths: torch.Tensor) -> None:
     if not isinstance(src, torch.Tensor) or src.dim() != 2 or src.dtype != torch.long:
         raise ValueError(f"src must be a (B, S) tensor of token ids (torch.long), got {getattr(src, 'shape', src)!r}")
     if not isinstance(src_lengths, torch.Tensor) or tuple(src_lengths.shape) != (src.shape[0],):
@@ -74,6 +74,17 @@ def run_gru(cell: GRUCell, inputs: torch.Tensor, h: torch.Tensor, lengths: torch
         h = torch.where((t < lengths).unsqueeze(1), h_new, h) if padded else h_new
         outputs.append(h)
     return torch.stack(outputs, dim=1), h
+
+
+def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's first ``length`` steps in reverse order, padding left at the end: ``x`` is (B, S) or
+    (B, S, F). Applied twice it gives ``x`` back."""
+    positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)  # (1, S)
+    lengths = lengths.to(x.device).unsqueeze(1)  # (B, 1)
+    index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # (B, S)
+    if x.dim() == 3:
+        index = index.unsqueeze(2).expand_as(x)  # (B, S) -> (B, S, F)
+    return x.gather(1, index)
 
 
 class Seq2Seq(nn.Module):
@@ -131,7 +142,7 @@ class GRUEncoderDecoder(Seq2Seq):
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The state ``(h', c)``: the decoder's initial hidden state and the fixed context vector."""
-        _check_batch(src, src_lengths)
+        check_batch(src, src_lengths)
         h0 = src.new_zeros(src.shape[0], self.config.hidden_size, dtype=self.src_embedding.weight.dtype)
         _, h_last = run_gru(self.encoder, self.src_embedding(src), h0, src_lengths)
         c = torch.tanh(self.to_context(h_last))  # (B, H)
@@ -179,19 +190,11 @@ class LSTMSeq2Seq(Seq2Seq):
         self.decoder = nn.LSTM(E, H, num_layers=layers, batch_first=True)
         self.generator = nn.Linear(H, tgt_vocab_size)
 
-    @staticmethod
-    def reverse_within_lengths(src: torch.Tensor, src_lengths: torch.Tensor) -> torch.Tensor:
-        """Each row's first ``length`` tokens in reverse order, padding left at the end: (B, S)."""
-        positions = torch.arange(src.shape[1], device=src.device).unsqueeze(0)  # (1, S)
-        lengths = src_lengths.to(src.device).unsqueeze(1)  # (B, 1)
-        index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # (B, S)
-        return src.gather(1, index)
-
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's initial state ``(h, c)``, each ``(num_layers, B, H)``."""
-        _check_batch(src, src_lengths)
+        check_batch(src, src_lengths)
         if self.reverse_source:
-            src = self.reverse_within_lengths(src, src_lengths)
+            src = reverse_within_lengths(src, src_lengths)
         packed = nn.utils.rnn.pack_padded_sequence(
             self.src_embedding(src), src_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
@@ -212,14 +215,26 @@ MODELS: dict[str, _Builder] = {
     "gru-encdec": lambda s, t, config: GRUEncoderDecoder(s, t, config),
     "lstm": lambda s, t, config: LSTMSeq2Seq(s, t, config, reverse_source=False),
     "lstm-reversed": lambda s, t, config: LSTMSeq2Seq(s, t, config, reverse_source=True),
+    "rnnsearch": lambda s, t, config: _attention_models().RNNSearch(s, t, config),
+    **{f"luong-{score}": (lambda s, t, config, score=score: _attention_models().LuongAttention(s, t, config, score))
+       for score in ("dot", "general", "concat")},
     "transformer": lambda s, t, config: _transformer(s, t, config),
 }
 
 
+# Lessons 03-06's models are imported when built: their modules build on this one.
+def _attention_models():
+    from course_lib import seq2seq_attention
+
+    return seq2seq_attention
+
+
 def _transformer(src_vocab_size: int, tgt_vocab_size: int, config: ModelConfig) -> Seq2Seq:
-    from course_lib.transformer import Transformer  # lesson 06; imported here: it builds on this module
+    from course_lib.transformer import Transformer
 
     return Transformer(src_vocab_size, tgt_vocab_size, config)
+
+
 _LESSON_OF = {"rnnsearch": 3, "luong-dot": 4, "luong-general": 4, "luong-concat": 4, "transformer": 6}
 
 

@@ -32,6 +32,7 @@ from course_lib.seq2seq import MODEL_NAMES, ModelConfig, Seq2Seq, build_model
 __all__ = [
     "Recipe", "RECIPES", "TINY", "train", "sequence_loss", "show_progress",
     "save_checkpoint", "load_checkpoint", "shipped_checkpoint_path", "shipped_models",
+    "shipped_seeds", "checkpoint_name",
 ]
 
 
@@ -39,7 +40,7 @@ __all__ = [
 class Recipe:
     """How a shipped checkpoint was trained. Models compared on one figure share sizes and steps."""
 
-    steps: int = 1200
+    steps: int = 2400
     batch_size: int = 128
     lr: float = 2e-3
     clip: float = 1.0
@@ -52,12 +53,10 @@ class Recipe:
         return ModelConfig(self.embed_size, self.hidden_size, self.num_layers)
 
 
-# One recipe for the three recurrent models of lessons 01-02: equal sizes, steps and batches. At 1200
-# steps Cho's encoder-decoder (which sees c at every step) has learned short sentences, while the
-# stacked LSTMs, which see the source only through their initial state, have not yet learned to
-# carry the source's content words (BLEU under 5 everywhere; the reversed source is ahead).
-# Lesson 06's Transformer is trained with the same recipe, for the same figure.
-RECIPES: dict[str, Recipe] = {name: Recipe() for name in ("gru-encdec", "lstm", "lstm-reversed", "transformer")}
+# One recipe for every shipped model of lessons 01-06 (MODEL_NAMES): equal sizes, steps and batches, so
+# that any two of them can share a figure. On 2 CPU cores with one thread per run, a step of batch 128
+# takes 0.08 s (LSTM) to 0.25 s (RNNsearch, whose decoder attends step by step): 3 to 10 minutes a model.
+RECIPES: dict[str, Recipe] = {name: Recipe() for name in MODEL_NAMES}
 # A few seconds on the tiny corpus: what `--tiny` and the tests run.
 TINY = Recipe(steps=6, batch_size=8, embed_size=16, hidden_size=24, num_layers=2, corpus="tiny")
 
@@ -151,6 +150,19 @@ def shipped_models() -> list[str]:
     return [name for name in MODEL_NAMES if shipped_checkpoint_path(name).is_file()]
 
 
+def checkpoint_name(name: str, seed: int = 0, tiny: bool = False) -> str:
+    """``luong-dot`` for seed 0, ``luong-dot-seed1`` for seed 1 (lesson 04 ships three seeds)."""
+    return name + ("-tiny" if tiny else "") + (f"-seed{seed}" if seed else "")
+
+
+def shipped_seeds(name: str) -> list[int]:
+    """The seeds of model ``name`` that have a shipped checkpoint."""
+    folder = shipped_checkpoint_path(name).parent
+    seeds = [0] if shipped_checkpoint_path(name).is_file() else []
+    found = (path.stem.removeprefix(f"{name}-seed") for path in folder.glob(f"{name}-seed*.pt"))
+    return seeds + sorted(int(seed) for seed in found if seed.isdigit())
+
+
 def save_checkpoint(path: str | Path, model: Seq2Seq, recipe: Recipe, seed: int, command: str,
                     losses: list[float], seconds: float, half: bool = True) -> None:
     """Weights (float16 with ``half``), recipe, seed, command and the corpus's fingerprint."""
@@ -191,10 +203,15 @@ def load_checkpoint(name_or_path: str | Path) -> tuple[Seq2Seq, dict]:
 
 
 def run(name: str, seed: int = 0, tiny: bool = False, out: str | Path | None = None,
-        progress: bool | None = None) -> Path:
-    """Train model ``name`` with its recipe (or ``TINY``) from scratch and save the checkpoint."""
+        progress: bool | None = None, threads: int = 1) -> Path:
+    """Train model ``name`` with its recipe (or ``TINY``) from scratch and save the checkpoint.
+
+    ``threads`` sets torch's CPU threads: these models are small, and one thread per run was the
+    fastest measured (two runs of two threads each on 2 cores were ten times slower than one each).
+    """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; the course's models are {list(MODEL_NAMES)}")
+    torch.set_num_threads(threads)
     recipe = TINY if tiny else RECIPES.get(name, Recipe())
     corpus = load_corpus(recipe.corpus)
     torch.manual_seed(seed)
@@ -204,7 +221,7 @@ def run(name: str, seed: int = 0, tiny: bool = False, out: str | Path | None = N
     losses = train(model, corpus, recipe.steps, recipe.batch_size, recipe.lr, recipe.clip, seed, progress)
     seconds = time.perf_counter() - started
     command = f"python -m course_lib.train {name} --seed {seed}" + (" --tiny" if tiny else "")
-    path = Path(out) if out is not None else Path("checkpoints") / f"{name}{'-tiny' if tiny else ''}.pt"
+    path = Path(out) if out is not None else Path("checkpoints") / f"{checkpoint_name(name, seed, tiny)}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model, recipe, seed, command, losses, seconds)
     return path
@@ -216,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="a few steps of a small model on the tiny corpus")
     parser.add_argument("--out", help="where to write the checkpoint (default: checkpoints/MODEL.pt)")
+    parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads (default: 1)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="force the progress bar on or off (default: on in a terminal)")
     args = parser.parse_args(argv)
     try:
-        path = run(args.model, args.seed, args.tiny, args.out, args.progress)
+        path = run(args.model, args.seed, args.tiny, args.out, args.progress, args.threads)
     except ValueError as error:
         parser.error(str(error))
     print(f"saved {path}; evaluate it with: python -m course_lib.evaluate {path}")

@@ -8,7 +8,7 @@ from torch import nn
 
 from course_lib.data import load_corpus, make_batch
 from course_lib.rnn import LSTMCell
-from course_lib.seq2seq import LSTMSeq2Seq, ModelConfig, Seq2Seq, build_model
+from course_lib.seq2seq import LSTMSeq2Seq, ModelConfig, Seq2Seq, build_model, reverse_within_lengths
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -80,7 +80,7 @@ def test_the_fused_lstm_of_the_seq2seq_model_is_a_loop_of_our_cell():
 
 def test_reverse_within_lengths_keeps_padding_at_the_end():
     src = torch.tensor([[4, 5, 6, 0, 0], [7, 8, 9, 10, 11]])
-    reversed_src = LSTMSeq2Seq.reverse_within_lengths(src, torch.tensor([3, 5]))
+    reversed_src = reverse_within_lengths(src, torch.tensor([3, 5]))
     assert reversed_src.tolist() == [[6, 5, 4, 0, 0], [11, 10, 9, 8, 7]]
 
 
@@ -97,7 +97,7 @@ def test_the_reversed_model_reads_the_source_backwards(batch):
     forwards, backwards = build_model("lstm", 300, 383, config), build_model("lstm-reversed", 300, 383, config)
     backwards.load_state_dict(forwards.state_dict())
     assert backwards.reverse_source and not forwards.reverse_source
-    flipped = LSTMSeq2Seq.reverse_within_lengths(batch.src, batch.src_lengths)
+    flipped = reverse_within_lengths(batch.src, batch.src_lengths)
     for ours, theirs in zip(backwards.encode(batch.src, batch.src_lengths), forwards.encode(flipped, batch.src_lengths)):
         torch.testing.assert_close(ours, theirs)
     assert not torch.allclose(forwards.encode(batch.src, batch.src_lengths)[0], backwards.encode(batch.src, batch.src_lengths)[0])
