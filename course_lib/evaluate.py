@@ -24,7 +24,8 @@ from course_lib.seq2seq import Seq2Seq
 
 __all__ = [
     "greedy_decode", "translate", "bleu", "evaluate_model", "alignment_error_rate",
-    "attention_on_reference", "plot_quality_vs_length",
+    "attention_on_reference", "decode_with_attention", "plot_quality_vs_length", "shipped_scores",
+    "record_scores",
 ]
 
 
@@ -113,6 +114,29 @@ def attention_on_reference(model: Seq2Seq, pairs: Sequence[Pair], corpus: Corpus
     return maps
 
 
+@torch.no_grad()
+def decode_with_attention(model: Seq2Seq, pair: Pair, corpus: Corpus, max_len: int | None = None
+                          ) -> tuple[list[str], torch.Tensor | None]:
+    """One sentence's greedy translation (without ``<eos>``) and, for a model with attention, the
+    weights ``(len(translation), len(source))`` it used to write each word (``None`` otherwise)."""
+    model.eval()
+    batch = make_batch([pair], corpus.src_vocab, corpus.tgt_vocab)
+    max_len = max_len or 2 * len(pair.src) + 10
+    state = model.encode(batch.src, batch.src_lengths)
+    y = torch.tensor([corpus.tgt_vocab.sos])
+    ids, rows = [], []
+    for _ in range(max_len):
+        logits, state, weights = model.decode_step(y, state)
+        y = logits.argmax(dim=-1)  # (1,)
+        if int(y) == corpus.tgt_vocab.eos:
+            break
+        ids.append(int(y))
+        if weights is not None:
+            rows.append(weights[0])
+    weights = torch.stack(rows) if rows else (torch.zeros(0, len(pair.src)) if model.has_attention else None)
+    return corpus.tgt_vocab.decode(ids), weights
+
+
 def evaluate_model(model: Seq2Seq, corpus: Corpus | None = None) -> dict[str, dict[str, float]]:
     """BLEU and exact match (%) per source-length bucket of the test set, plus ``"aer"`` (%) per bucket
     for a model with attention (each target word aligned to its most attended source word)."""
@@ -169,6 +193,42 @@ def plot_quality_vs_length(
     return ax
 
 
+# Every shipped checkpoint's scores, as `python -m course_lib.evaluate --record` measured them: a lesson
+# that compares nine checkpoints reads them here instead of spending minutes decoding the test set.
+# tests/test_train_evaluate.py evaluates shipped checkpoints again and holds them to these numbers.
+SCORES_FILE = "scores.json"
+
+
+def _scores_path():
+    from course_lib.train import shipped_checkpoint_path
+
+    return shipped_checkpoint_path("any").parent / SCORES_FILE
+
+
+def shipped_scores() -> dict[str, dict[str, dict[str, float]]]:
+    """``evaluate_model``'s result for every shipped checkpoint, by checkpoint name (``luong-dot``,
+    ``luong-dot-seed1``...), as recorded when the checkpoints were made."""
+    path = _scores_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} is missing from the package: run python -m course_lib.evaluate --record")
+    return json.loads(path.read_text())
+
+
+def record_scores(names: Sequence[str] | None = None) -> dict:
+    """Evaluate the shipped checkpoints ``names`` (default: all) and write their scores to the package."""
+    from course_lib.train import load_checkpoint
+
+    path = _scores_path()
+    scores = json.loads(path.read_text()) if path.is_file() else {}
+    folder = path.parent
+    for name in names or sorted(p.stem for p in folder.glob("*.pt")):
+        model, metadata = load_checkpoint(name)
+        scores[name] = evaluate_model(model, load_corpus(metadata["corpus"]))
+        print(name, json.dumps(scores[name]["bleu"]), flush=True)
+    path.write_text(json.dumps(dict(sorted(scores.items())), indent=1) + "\n")
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     from course_lib.train import load_checkpoint, shipped_models
 
@@ -177,9 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", nargs="?", help="a shipped model's name or a checkpoint file")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.add_argument("--list", action="store_true", help="name the shipped models and stop")
+    parser.add_argument("--record", action="store_true",
+                        help=f"evaluate the shipped checkpoint MODEL (default: every one) into the package's {SCORES_FILE}")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(shipped_models()))
+        return 0
+    if args.record:
+        record_scores([args.model] if args.model else None)
         return 0
     if args.model is None:
         parser.error("name a model (see --list) or a checkpoint file")

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Patch
 
-__all__ = ["as_matrix", "attention_heatmap", "mask_heatmap", "attention_grid"]
+__all__ = ["as_matrix", "attention_heatmap", "alignment_heatmap", "mask_heatmap", "attention_grid"]
 
 MatrixLike = Union[torch.Tensor, np.ndarray, Sequence[Sequence[float]]]
 
@@ -126,6 +126,35 @@ def attention_heatmap(
     _label_axes(ax, values.shape, xlabels, ylabels, xlabel, ylabel, title)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def alignment_heatmap(
+    weights: MatrixLike,
+    source: Sequence[str],
+    output: Sequence[str],
+    true_links: Sequence[tuple[int, int]] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    **heatmap_options: Any,
+) -> Axes:
+    """A translation's attention: ``weights (len(output), len(source))``, output words down the rows,
+    source words along the columns, as Bahdanau et al.'s Figure 3 draws them (transposed: theirs puts
+    the source on top).
+
+    ``true_links`` are the corpus's ``(source index, output index)`` links (``Pair.alignment``), drawn
+    as red squares, so the eye sees at once where the model looks and where it should. Further keywords
+    go to :func:`attention_heatmap`.
+    """
+    values = as_matrix(weights)
+    heatmap_options.setdefault("annotate", False)
+    ax = attention_heatmap(values, ax=ax, xlabels=list(source), ylabels=list(output), title=title,
+                           xlabel="source", ylabel="output", **heatmap_options)
+    if true_links:
+        links = [(i, j) for i, j in true_links if i < values.shape[1] and j < values.shape[0]]
+        ax.scatter([i for i, _ in links], [j for _, j in links], marker="s", s=60, facecolors="none",
+                   edgecolors="red", linewidths=1.2)
+        ax.set_xlabel("source  (red squares: the true alignment)")
     return ax
 
 
