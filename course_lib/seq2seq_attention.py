@@ -39,8 +39,9 @@ from course_lib.attention.recurrent import (
 )
 from course_lib.rnn import GRUCell
 from course_lib.seq2seq import ModelConfig, Seq2Seq, check_batch, reverse_within_lengths, run_gru
+from course_lib.shortcuts import reference
 
-__all__ = ["RNNSearch", "LuongAttention", "SCORES"]
+__all__ = ["RNNSearch", "BahdanauDecoderStep", "attention_decoder_step", "LuongAttention", "SCORES"]
 
 
 def _maxout(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -88,20 +89,54 @@ class RNNSearch(Seq2Seq):
         s = torch.tanh(self.to_initial(annotations[:, 0, H:]))  # s_0 = tanh(W_s ←h_1): (B, H)
         return s, annotations, self.U_a(annotations), source_mask(src_lengths.to(src.device), src.shape[1])
 
-    def attend(self, s_prev: torch.Tensor, annotations: torch.Tensor, keys: torch.Tensor,
-               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(c_i (B, 2H), α_i (B, S))`` from ``s_{i-1}``: ``additive_score`` with ``U_a h_j`` given."""
-        scores = torch.matmul(torch.tanh(self.W_a(s_prev).unsqueeze(1) + keys), self.v_a)  # (B, 1, A) + (B, S, A) -> (B, S)
-        weights = masked_softmax(scores, mask)  # (B, S)
-        return context_vector(weights, annotations), weights
-
     def decode_step(self, y_prev: torch.Tensor, state):
         s, annotations, keys, mask = state
-        context, weights = self.attend(s, annotations, keys, mask)  # scored with s_{i-1}
-        y_embedded = self.tgt_embedding(y_prev)  # (B, E)
-        s = self.decoder(torch.cat([y_embedded, context], dim=-1), s)  # s_i
-        features = _maxout(self.readout(torch.cat([s, y_embedded, context], dim=-1)), self.config.hidden_size)
-        return self.generator(features), (s, annotations, keys, mask), weights
+        logits, s, weights = attention_decoder_step(self, self.tgt_embedding(y_prev), s, annotations, keys, mask)
+        return logits, (s, annotations, keys, mask), weights
+
+
+def attention_decoder_step(parts: nn.Module, y_embedded: torch.Tensor, s_prev: torch.Tensor,
+                           annotations: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of Bahdanau's decoder with the layers of ``parts`` (``W_a``, ``v_a``, ``decoder``,
+    ``readout``, ``generator``), given ``keys = U_a h_j`` computed once per sentence.
+
+    Returns ``(logits (B, V), s_i (B, H), α_i (B, S))``: the weights come from ``s_{i-1}``, the
+    read-out from ``s_i`` (see the module's docstring).
+    """
+    scores = torch.matmul(torch.tanh(parts.W_a(s_prev).unsqueeze(1) + keys), parts.v_a)  # additive_score: (B, S)
+    weights = masked_softmax(scores, mask)  # (B, S)
+    context = context_vector(weights, annotations)  # (B, A)
+    s = parts.decoder(torch.cat([y_embedded, context], dim=-1), s_prev)  # s_i: (B, H)
+    features = _maxout(parts.readout(torch.cat([s, y_embedded, context], dim=-1)), s.shape[-1])  # (B, H)
+    return parts.generator(features), s, weights
+
+
+class BahdanauDecoderStep(nn.Module):
+    """Lesson 03's exercise: RNNsearch's decoder step as a module of its own.
+
+    ``forward(y_embedded (B, E), s_prev (B, H), annotations (B, S, A), mask (B, S))`` returns
+    ``(logits (B, V), s (B, H), weights (B, S))``; ``mask`` is True at real source words. The state
+    update is PyTorch's ``nn.GRUCell`` (the shipped ``RNNSearch`` uses Cho's, ``course_lib.rnn``),
+    so that a notebook's answer needs nothing from course_lib.
+    """
+
+    def __init__(self, embed_size: int, hidden_size: int, annotation_size: int, vocab_size: int) -> None:
+        super().__init__()
+        self.W_a = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.U_a = nn.Linear(annotation_size, hidden_size, bias=False)
+        self.v_a = nn.Parameter(torch.empty(hidden_size).uniform_(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)))
+        self.decoder = nn.GRUCell(embed_size + annotation_size, hidden_size)
+        self.readout = nn.Linear(hidden_size + embed_size + annotation_size, 2 * hidden_size)
+        self.generator = nn.Linear(hidden_size, vocab_size)
+
+    @reference
+    def forward(self, y_embedded: torch.Tensor, s_prev: torch.Tensor, annotations: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if annotations.dim() != 3 or tuple(mask.shape) != tuple(annotations.shape[:2]) or mask.dtype != torch.bool:
+            raise ValueError(f"BahdanauDecoderStep: annotations (B, S, A) and a boolean mask (B, S) expected, got "
+                             f"{tuple(annotations.shape)} and {tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', '')}")
+        return attention_decoder_step(self, y_embedded, s_prev, annotations, self.U_a(annotations), mask)
 
 
 SCORES = ("dot", "general", "concat")
