@@ -137,14 +137,21 @@ def decode_with_attention(model: Seq2Seq, pair: Pair, corpus: Corpus, max_len: i
     return corpus.tgt_vocab.decode(ids), weights
 
 
-def evaluate_model(model: Seq2Seq, corpus: Corpus | None = None) -> dict[str, dict[str, float]]:
+def evaluate_model(model: Seq2Seq, corpus: Corpus | None = None, buckets: Sequence[str] | None = None
+                   ) -> dict[str, dict[str, float]]:
     """BLEU and exact match (%) per source-length bucket of the test set, plus ``"aer"`` (%) per bucket
-    for a model with attention (each target word aligned to its most attended source word)."""
+    for a model with attention (each target word aligned to its most attended source word, as Luong et
+    al. score alignments, arXiv:1508.04025 §5.4). ``buckets`` picks some of ``BUCKETS`` (default: all)."""
     corpus = corpus or load_corpus()
+    unknown = sorted(set(buckets or ()) - set(BUCKETS))
+    if unknown:
+        raise ValueError(f"unknown buckets {unknown}; the buckets are {list(BUCKETS)}")
     results: dict[str, dict[str, float]] = {"bleu": {}, "exact": {}}
     if model.has_attention:
         results["aer"] = {}
     for name, pairs in corpus.test_buckets().items():
+        if buckets is not None and name not in buckets:
+            continue
         references = [list(p.tgt) for p in pairs]
         hypotheses = translate(model, pairs, corpus)
         results["bleu"][name] = round(bleu(hypotheses, references), 2)

@@ -16,11 +16,9 @@ matplotlib.use("Agg")
 from course_lib import train as training  # noqa: E402
 from course_lib.data import BUCKETS, corpus_fingerprint, load_corpus  # noqa: E402
 from course_lib.evaluate import (  # noqa: E402
-    alignment_error_rate, bleu, evaluate_model, greedy_decode, plot_quality_vs_length,
+    alignment_error_rate, bleu, evaluate_model, greedy_decode, plot_quality_vs_length, shipped_scores,
 )
-from course_lib.seq2seq import ModelConfig, Seq2Seq, build_model  # noqa: E402
-
-SHIPPED = ["gru-encdec", "lstm", "lstm-reversed"]
+from course_lib.seq2seq import MODEL_NAMES, ModelConfig, Seq2Seq, build_model  # noqa: E402
 
 
 def _tiny_model(name, seed=0):
@@ -110,6 +108,25 @@ def test_the_command_line_trains_a_tiny_checkpoint_that_evaluate_reads(tmp_path)
     assert list(scores["bleu"]) == list(BUCKETS) and list(scores["exact"]) == list(BUCKETS)
 
 
+@pytest.mark.parametrize("name", ["rnnsearch", "luong-concat"])
+def test_an_attention_model_trains_tiny_and_evaluate_gives_its_aer(tmp_path, name):
+    path = tmp_path / "tiny.pt"
+    done = subprocess.run([sys.executable, "-m", "course_lib.train", name, "--tiny", "--seed", "1", "--out", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-m", "course_lib.evaluate", str(path), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    scores = json.loads(done.stdout)
+    assert list(scores["aer"]) == list(BUCKETS) and all(0 <= v <= 100 for v in scores["aer"].values())
+
+
+def test_the_default_checkpoint_name_carries_the_seed():
+    assert training.checkpoint_name("luong-dot") == "luong-dot"
+    assert training.checkpoint_name("luong-dot", 2) == "luong-dot-seed2"
+    assert training.checkpoint_name("rnnsearch", 1, tiny=True) == "rnnsearch-tiny-seed1"
+
+
 class _Scripted(Seq2Seq):
     """Emits a fixed token sequence per row, then keeps emitting token 9: decoding must stop at <eos>."""
 
@@ -172,28 +189,58 @@ def test_the_figure_draws_one_line_per_model_and_adds_to_an_axes():
 
 # --- the shipped checkpoints -------------------------------------------------------------------
 
-def test_the_three_recurrent_models_and_the_transformer_are_shipped():
-    assert training.shipped_models() == [*SHIPPED, "transformer"]
+def test_every_model_of_the_course_is_shipped_and_luongs_with_three_seeds():
+    assert training.shipped_models() == list(MODEL_NAMES)
     done = subprocess.run([sys.executable, "-m", "course_lib.evaluate", "--list"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.split() == [*SHIPPED, "transformer"]
+    assert done.returncode == 0 and done.stdout.split() == list(MODEL_NAMES)
+    for score in ("dot", "general", "concat"):
+        assert training.shipped_seeds(f"luong-{score}") == [0, 1, 2]
     with pytest.raises(ValueError, match="no shipped checkpoint"):
-        training.load_checkpoint("rnnsearch")
+        training.load_checkpoint("luong-dot-seed9")
 
 
-@pytest.mark.parametrize("name", [*SHIPPED, "transformer"])
+CHECKPOINTS = sorted(path.stem for path in training.shipped_checkpoint_path("x").parent.glob("*.pt"))
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
 def test_a_shipped_checkpoint_was_trained_on_this_very_corpus(name):
     """Fails when the corpus or its vocabularies change under the checkpoints: retrain them then."""
     model, metadata = training.load_checkpoint(name)
     assert metadata["corpus"] == "full"
     assert metadata["corpus_fingerprint"] == corpus_fingerprint("full")
-    assert metadata["command"] == f"python -m course_lib.train {name} --seed {metadata['seed']}"
-    assert metadata["recipe"] == training.asdict(training.RECIPES[name])
-    assert model.name == name and not model.training
+    assert metadata["command"] == f"python -m course_lib.train {metadata['model']} --seed {metadata['seed']}"
+    assert name == training.checkpoint_name(metadata["model"], metadata["seed"])
+    assert metadata["recipe"] == training.asdict(training.RECIPES[metadata["model"]])
+    assert model.name == metadata["model"] and not model.training
+
+
+def test_every_shipped_checkpoint_has_recorded_scores():
+    recorded = shipped_scores()
+    assert sorted(recorded) == CHECKPOINTS
+    for name, scores in recorded.items():
+        assert set(scores["bleu"]) == set(BUCKETS)
+        assert ("aer" in scores) == training.load_checkpoint(name)[0].has_attention
+
+
+# The must-shows are asserted on the recorded scores (what the lessons show), after a fresh evaluation of
+# the two buckets they compare has reproduced them: decoding is greedy, so only float noise may differ.
+@pytest.mark.parametrize("name", ["gru-encdec", "rnnsearch"])
+def test_the_recorded_scores_are_what_the_checkpoint_gives(name):
+    model, _ = training.load_checkpoint(name)
+    fresh = evaluate_model(model, load_corpus("full"), buckets=["5-10", "41-50"])
+    for metric, per_bucket in fresh.items():
+        for bucket, value in per_bucket.items():
+            assert value == pytest.approx(shipped_scores()[name][metric][bucket], abs=0.5), (metric, bucket)
 
 
 def test_the_shipped_encoder_decoder_shows_the_bottleneck():
-    """The issue's must-show: BLEU >= 30 on 5-10-word sources and at least 15 points lower on 41-50."""
-    model, _ = training.load_checkpoint("gru-encdec")
-    scores = evaluate_model(model, load_corpus("full"))["bleu"]
+    """Issue 7's must-show: BLEU >= 30 on 5-10-word sources and at least 15 points lower on 41-50."""
+    scores = shipped_scores()["gru-encdec"]["bleu"]
     assert scores["5-10"] >= 30, scores
     assert scores["41-50"] <= scores["5-10"] - 15, scores
+
+
+def test_the_shipped_rnnsearch_holds_with_length():
+    """Lesson 03's must-show: RNNsearch's BLEU on 41-50 within 5 points of its BLEU on 5-10."""
+    scores = shipped_scores()["rnnsearch"]["bleu"]
+    assert scores["41-50"] >= scores["5-10"] - 5, scores
