@@ -52,3 +52,25 @@ def test_power_of_two_slider():
         power_of_two_slider("d_k", 4, 64, value=5)
     with pytest.raises(ValueError, match="no power of two"):
         power_of_two_slider("d_k", 5, 7)
+
+
+def test_the_alignment_explorer_translates_the_chosen_sentence_and_draws_its_map(capsys):
+    from course_lib.data import load_corpus
+    from course_lib.seq2seq import build_model
+    from course_lib.widgets import alignment_explorer
+
+    corpus = load_corpus("tiny")
+    torch.manual_seed(0)
+    model = build_model("luong-dot", len(corpus.src_vocab), len(corpus.tgt_vocab))
+    pairs = list(corpus.test[:3])
+    explorer = alignment_explorer({"luong-dot": model}, pairs, corpus, sentence=1)
+    slider, dropdown = explorer.children[:2]
+    assert (slider.max, slider.value, list(dropdown.options)) == (2, 1, ["luong-dot"])
+    explorer.update()  # what moving a control does: draw again
+    out = capsys.readouterr().out
+    assert "source:      " + " ".join(pairs[1].src) in out and "reference:" in out and "translation:" in out
+    plain = build_model("gru-encdec", len(corpus.src_vocab), len(corpus.tgt_vocab))
+    with pytest.raises(ValueError, match="without attention"):
+        alignment_explorer({"gru-encdec": plain}, pairs, corpus)
+    with pytest.raises(ValueError, match="at least one"):
+        alignment_explorer({"luong-dot": model}, [], corpus)
