@@ -18,24 +18,20 @@ from typing import Literal
 import torch
 
 from course_lib import runtime
+from course_lib.grading import toy_decoder
+from course_lib.grading.toy_decoder import EOS, PAD, SOS
 
-PAD, SOS, EOS = 0, 1, 2  # the corpus's special tokens come first: <pad> <sos> <eos> <unk>
+__all__ = ["PAD", "SOS", "EOS", "Step", "ToyDecoderStep", "teacher_forcing_variant", "greedy_variant"]
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class ToyDecoderStep:
-    """One decoder step: ``tokens (B,)``, ``state (B, 2 + H)`` → ``logits (B, V)``, ``state (B, 2 + H)``.
-
-    ``state[:, 0]`` counts the steps taken, ``state[:, 1]`` is the step at which the sentence ends
-    (``<eos>`` becomes by far the likeliest token there), ``state[:, 2:]`` is a GRU-like hidden state
-    that the fed token moves. ``<pad>`` and ``<sos>`` are never predicted.
-    """
+class ToyDecoderStep(toy_decoder.ToyDecoderStep):
+    """``toy_decoder.ToyDecoderStep`` with weights drawn from ``gen`` (see that module)."""
 
     def __init__(self, vocabulary: int, hidden: int, gen: torch.Generator):
-        self.vocabulary, self.hidden = vocabulary, hidden
-        self.embedding = 1.5 * runtime.randn(vocabulary, hidden, gen=gen, dtype=torch.float64)  # (V, H)
-        self.recurrent = runtime.randn(hidden, hidden, gen=gen, dtype=torch.float64) / hidden**0.5  # (H, H)
-        self.output = runtime.randn(hidden, vocabulary, gen=gen, dtype=torch.float64)  # (H, V)
+        super().__init__(1.5 * runtime.randn(vocabulary, hidden, gen=gen, dtype=torch.float64),  # (V, H)
+                         runtime.randn(hidden, hidden, gen=gen, dtype=torch.float64) / hidden**0.5,  # (H, H)
+                         runtime.randn(hidden, vocabulary, gen=gen, dtype=torch.float64))  # (H, V)
 
     def initial_state(self, stops: list[int], gen: torch.Generator) -> torch.Tensor:
         """A batch whose sentence b says ``<eos>`` at step ``stops[b]`` (1 = the first step)."""
@@ -43,25 +39,6 @@ class ToyDecoderStep:
         clock = torch.zeros(len(stops), 1, dtype=torch.float64)  # (B, 1)
         stop = torch.tensor(stops, dtype=torch.float64).unsqueeze(-1)  # (B, 1)
         return torch.cat([clock, stop, hidden], dim=-1)  # (B, 2 + H)
-
-    def __call__(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or tokens.dtype != torch.long:
-            raise TypeError(f"the decoder step takes tokens of shape (B,) and dtype torch.long, got "
-                            f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}")
-        if not isinstance(state, torch.Tensor) or state.shape != (tokens.shape[0], 2 + self.hidden):
-            raise ValueError(f"the decoder step takes a state of shape (B, {2 + self.hidden}) = "
-                             f"({tokens.shape[0]}, {2 + self.hidden}), got {tuple(getattr(state, 'shape', ()))}")
-        device, dtype = state.device, state.dtype
-        clock, stop, hidden = state[:, :1] + 1, state[:, 1:2], state[:, 2:]  # (B, 1), (B, 1), (B, H)
-        fed = self.embedding.to(device, dtype)[tokens]  # (B, H)
-        hidden = torch.tanh(fed + hidden @ self.recurrent.to(device, dtype))  # (B, H)
-        logits = hidden @ self.output.to(device, dtype)  # (B, V)
-        logits[:, PAD] = logits[:, SOS] = -50.0
-        logits[:, EOS] = 20.0 * (clock - stop + 0.5).squeeze(-1)  # +10 from the stop step on, -10 before
-        return logits, torch.cat([clock, stop, hidden], dim=-1)
-
-    def __repr__(self) -> str:
-        return f"a decoder step (vocabulary {self.vocabulary}, <pad>={PAD} <sos>={SOS} <eos>={EOS})"
 
 
 # --- the loops, with knobs ------------------------------------------------------------------------

@@ -41,7 +41,8 @@ from course_lib.grading.framework import Case, Exercise, Failure
 from course_lib.grading.sandbox import Limits, Sandbox, environment_paths
 
 COURSE_LIB = Path(__file__).resolve().parents[1]
-_WORKER_FILES = (Path(__file__).with_name("replay_worker.py"), COURSE_LIB / "shortcuts.py", COURSE_LIB / "memory.py")
+_WORKER_FILES = (Path(__file__).with_name("replay_worker.py"), COURSE_LIB / "shortcuts.py", COURSE_LIB / "memory.py",
+                 Path(__file__).with_name("toy_decoder.py"))
 
 
 @dataclass(frozen=True)

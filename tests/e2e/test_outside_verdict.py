@@ -76,3 +76,36 @@ def test_a_dense_answer_with_a_patched_tracker_fails_outside(tmp_path, monkeypat
 
 def test_the_solution_passes_outside(tmp_path):
     assert _verdict(_notebook(None), tmp_path).failure is None
+
+
+# Lesson 01's decoding exercises pass a decoder step (an object, not a tensor) to the student's loop: the
+# replay worker rebuilds it from its weights, so these grades are decided outside the kernel too.
+GREEDY_THAT_NEVER_STOPS_WITH_A_PATCHED_CHECK = '''try:  # the kernel's check now passes anything
+    import course_lib.grading
+    course_lib.grading.check_greedy_decode = lambda *args, **kwargs: print("passed")
+except ImportError:
+    pass
+
+
+def greedy_decode(step, state, sos_id, eos_id, max_len, pad_id=0):
+    token = torch.full((state.shape[0],), sos_id, dtype=torch.long)
+    out = []
+    for _ in range(max_len):
+        logits, state = step(token, state)
+        token = logits.argmax(dim=-1)
+        out.append(token)
+    return torch.stack(out, dim=1)
+'''
+
+
+def test_lesson_01s_decoding_loops_are_judged_outside(tmp_path):
+    source = notebook_path(SOLUTIONS, "01_encoder_decoder")
+    answers = solution_answers(source)
+    solved = outside.verify_notebook(answered(nbformat.read(source, as_version=4), answers), secret="a test secret",
+                                     exercises=EXERCISES, hidden=[tmp_path], cell_timeout=60)
+    for name in ("check_teacher_forced_logits", "check_greedy_decode"):
+        assert solved[name].failure is None and set(solved[name].decided_by) == {f"{name.removeprefix('check_')}: outside"}
+    answers["greedy_decode"] = GREEDY_THAT_NEVER_STOPS_WITH_A_PATCHED_CHECK
+    cheated = outside.verify_notebook(answered(nbformat.read(source, as_version=4), answers), secret="a test secret",
+                                      exercises=EXERCISES, hidden=[tmp_path], cell_timeout=60)["check_greedy_decode"]
+    assert cheated.failure is not None and cheated.failure.mistake.startswith("decoding does not stop at <eos>")
