@@ -57,10 +57,10 @@ if sys.argv[1:2] == ["generate_feedback"]:
     try:
         from nbgrader.converters import GenerateFeedback
 
-        from course_lib.grading.feedback import HiddenTestsRemoved
+        from course_lib.grading.feedback import HiddenTestsRemoved, MathAsMathML
 
         c.GenerateFeedback.preprocessors = [
-            HiddenTestsRemoved, *GenerateFeedback.class_traits()["preprocessors"].default()
+            HiddenTestsRemoved, MathAsMathML, *GenerateFeedback.class_traits()["preprocessors"].default()
         ]
     except BaseException as error:  # noqa: BLE001 - never hand out feedback that shows the hidden tests
         print(f"nbgrader generate_feedback stopped: {type(error).__name__}: {error}", file=sys.stderr)

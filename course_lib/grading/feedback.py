@@ -1,5 +1,6 @@
 """Feedback that names every test and leaks none: ``nbgrader generate_feedback`` runs
-``HiddenTestsRemoved`` (the course's nbgrader_config.py adds it) before it renders a notebook.
+``HiddenTestsRemoved`` (the course's nbgrader_config.py adds it) before it renders a notebook, and
+``MathAsMathML``, so that the lessons' formulas show without MathJax's CDN (offline, say).
 
 nbgrader's stock feedback shows each grade cell as it ran, hidden tests included. Here a grade
 cell's source keeps its public lines and says how many hidden checks it made; its outputs keep,
@@ -13,6 +14,7 @@ import re
 from typing import Any
 
 try:  # the instructor's side: nbgrader comes with the [lab] extra
+    from latex2mathml.converter import convert as latex_to_mathml
     from nbformat import NotebookNode
     from nbgrader.preprocessors import NbGraderPreprocessor
 except ImportError as error:
@@ -64,4 +66,37 @@ class HiddenTestsRemoved(NbGraderPreprocessor):
         if cell.cell_type == "code" and meta.get("grade"):
             cell.source = public_source(cell.source)
             cell.outputs = public_outputs(cell.get("outputs", []))
+        return cell, resources
+
+
+# $$display$$ or $inline$ math, outside code: fenced blocks and `spans` are matched first and kept.
+_MATH_OR_CODE = re.compile(r"(?P<code>```.*?```|`[^`\n]*`)|\$\$(?P<display>.+?)\$\$|\$(?P<inline>[^$\n]+?)\$", re.S)
+
+
+def math_as_mathml(markdown: str) -> str:
+    """``markdown`` with each LaTeX formula replaced by MathML, which browsers draw by themselves.
+
+    nbgrader's feedback page loads MathJax from a CDN to typeset ``$…$``; without a network its
+    formulas stay raw TeX. A formula latex2mathml cannot read is left as it was.
+    """
+    def replace(match: re.Match) -> str:
+        if match.group("code"):
+            return match.group(0)
+        display = match.group("display") is not None
+        try:
+            mathml = latex_to_mathml(match.group("display" if display else "inline"),
+                                     display="block" if display else "inline")
+        except Exception:  # noqa: BLE001 - keep the TeX for MathJax where it is online
+            return match.group(0)
+        return f"\n\n{mathml}\n\n" if display else mathml
+
+    return _MATH_OR_CODE.sub(replace, markdown)
+
+
+class MathAsMathML(NbGraderPreprocessor):
+    """Markdown cells with their formulas in MathML (see ``math_as_mathml``)."""
+
+    def preprocess_cell(self, cell: Any, resources: Any, index: int) -> tuple[Any, Any]:
+        if cell.cell_type == "markdown":
+            cell.source = math_as_mathml(cell.source)
         return cell, resources

@@ -6,7 +6,7 @@ pytest.importorskip("nbgrader", reason="needs nbgrader (the [lab] extra)")
 
 from nbformat import NotebookNode  # noqa: E402
 
-from course_lib.grading.feedback import public_outputs, public_source  # noqa: E402
+from course_lib.grading.feedback import math_as_mathml, public_outputs, public_source  # noqa: E402
 
 GRADE_CELL = """from course_lib.grading import check_softmax
 check_softmax(softmax)
@@ -44,3 +44,11 @@ def test_outputs_keep_verdicts_and_messages_but_no_seed_or_traceback():
     assert "✓ check_softmax passed: 5 hidden cases on cpu" in text
     assert 'check_softmax: case "x" failed' in text
     assert [o.output_type for o in shown] == ["stream", "error"]
+
+
+def test_formulas_become_mathml_and_code_keeps_its_dollars():
+    shown = math_as_mathml("Scores $e_{ij}$ then\n$$c_i = \\sum_j \\alpha_{ij} h_j$$\nand `x = \"$5\"` and\n```\nprint('$a$')\n```")
+    assert shown.count("<math") == 2 and 'display="block"' in shown and "<msub>" in shown
+    assert "`x = \"$5\"`" in shown and "print('$a$')" in shown  # code is left alone
+    assert "$" not in shown.replace("`x = \"$5\"`", "").replace("print('$a$')", "")
+    assert math_as_mathml("$\\frac{1}{$") == "$\\frac{1}{$"  # what latex2mathml cannot read stays TeX
