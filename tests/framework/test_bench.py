@@ -24,3 +24,11 @@ def test_results_are_saved_as_json(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
     path = bench.save("demo", {"device": "cpu", "rows": [1, 2]})
     assert json.loads(path.read_text()) == {"device": "cpu", "rows": [1, 2]}
+
+
+def test_the_grading_benchmark_mixes_right_wrong_and_blank_submissions():
+    from course_lib.bench import grading
+
+    students = grading._submissions(7)
+    assert list(students.values()) == ["right", "noscale", "blank", "right", "noscale", "blank", "right"]
+    assert len(set(students)) == 7 and grading.WORKERS == (1, 2)
