@@ -30,8 +30,7 @@ __all__ = [
     "build_model", "run_gru", "reverse_within_lengths",
 ]
 
-# Every model of lessons 01-06, in the order the lessons introduce them. Models not built yet are
-# listed so that the names stay reserved; build_model says which lesson brings them.
+# Every model of lessons 01-06, in the order the lessons introduce them.
 MODEL_NAMES = (
     "gru-encdec", "lstm", "lstm-reversed",
     "rnnsearch", "luong-dot", "luong-general", "luong-concat", "transformer",
@@ -235,13 +234,9 @@ def _transformer(src_vocab_size: int, tgt_vocab_size: int, config: ModelConfig) 
     return Transformer(src_vocab_size, tgt_vocab_size, config)
 
 
-_LESSON_OF = {"rnnsearch": 3, "luong-dot": 4, "luong-general": 4, "luong-concat": 4, "transformer": 6}
-
 
 def build_model(name: str, src_vocab_size: int, tgt_vocab_size: int, config: ModelConfig | None = None) -> Seq2Seq:
     """A freshly initialised model by its course name (see ``MODEL_NAMES``)."""
     if name not in MODELS:
-        if name in _LESSON_OF:
-            raise ValueError(f"model {name!r} comes with lesson {_LESSON_OF[name]:02d}; available now: {sorted(MODELS)}")
         raise ValueError(f"unknown model {name!r}; the course's models are {list(MODEL_NAMES)}")
     return MODELS[name](src_vocab_size, tgt_vocab_size, config or ModelConfig())

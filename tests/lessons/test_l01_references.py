@@ -180,7 +180,5 @@ def test_models_refuse_bad_batches_and_unknown_names(model, batch):
         model.encode(batch.src.float(), batch.src_lengths)
     with pytest.raises(ValueError, match=r"src_lengths must have shape \(B,\) = \(3,\)"):
         model.encode(batch.src, batch.src_lengths[:2])
-    with pytest.raises(ValueError, match="lesson 03"):
-        build_model("rnnsearch", 300, 383)
     with pytest.raises(ValueError, match="gru-encdec"):
         build_model("gru", 300, 383)
