@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from course_lib.attention import recurrent
 from course_lib.grading import check_concat_score, check_dot_score, check_general_score
 from course_lib.grading import l04_luong_attention as lesson
+from failing import check_fails as _fails, check_passes
 
 HIDDEN_SEEDS = (1, 2, 3, 7, 11)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -68,23 +69,11 @@ def concat_score_loop(query, keys, W_a, v_a):
 ])
 def test_correct_implementations_pass(check, fn, device, monkeypatch, capsys):
     monkeypatch.setenv("COURSE_DEVICE", device)
-    for kwargs in [{}] + [{"hidden": True, "seed": s} for s in HIDDEN_SEEDS]:
-        assert check(fn, **kwargs) is None
-    out, err = capsys.readouterr()
-    assert out.count("passed") == 1 + len(HIDDEN_SEEDS) and err == ""
+    check_passes(check, fn, capsys, HIDDEN_SEEDS)
 
 
 # --- mistakes, as students write them ----------------------------------------------------------------
 
-
-def _fails(check, fn, *words):
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    message = str(info.value)
-    for word in words:
-        assert word in message, message
-    assert "Traceback" not in message
-    return info.value.failure
 
 
 def test_dot_scores_broadcast_over_the_batch_are_named():
