@@ -26,13 +26,17 @@ WORKERS = (1, 2)
 TESTS = Path(__file__).resolve().parents[2] / "tests" / "e2e"
 
 
-def _fixture() -> Any:
+def _fixture() -> tuple[Any, Any]:
+    """The test suite's course helpers and nbformat (from the [lab] extra)."""
     if not (TESTS / "nbgrader_course.py").is_file():
         raise SystemExit("the grading benchmark needs the course's repository (its tests/e2e fixture course)")
     sys.path.insert(0, str(TESTS))
-    import nbgrader_course  # noqa: PLC0415 - from the repository's tests
-
-    return nbgrader_course
+    try:
+        import nbformat  # noqa: PLC0415
+        import nbgrader_course  # noqa: PLC0415 - from the repository's tests
+    except ImportError as error:  # nbformat and nbgrader come with the [lab] extra
+        raise SystemExit(f"the grading benchmark needs the [lab] extra: {error}") from error
+    return nbgrader_course, nbformat
 
 
 def _submissions(count: int) -> dict[str, str]:
@@ -43,8 +47,7 @@ def _submissions(count: int) -> dict[str, str]:
 
 def grade_once(workers: int, count: int) -> dict[str, Any]:
     """Grade ``count`` fixture submissions with ``workers`` workers in a fresh course: seconds and scores."""
-    fixture = _fixture()
-    import nbformat  # noqa: PLC0415 - the [lab] extra
+    fixture, nbformat = _fixture()
 
     right = fixture.solution_answers(fixture.notebook_path(fixture.FIXTURE_SOLUTIONS, fixture.FIXTURE))
     answers = {"right": right, "noscale": {**right, "attention_weights": fixture.FORGETS_THE_SCALE}, "blank": {}}
