@@ -26,7 +26,8 @@ import sys
 
 import torch
 
-__all__ = ["available", "supports", "flash_forward", "skeleton_forward", "interpreted", "load_triton"]
+__all__ = ["available", "supports", "flash_forward", "skeleton_forward", "skeleton_attention", "interpreted",
+           "load_triton"]
 
 triton = None  # the modules, once load_triton() has imported them
 tl = None
@@ -268,6 +269,30 @@ def skeleton_forward(step, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  #
         except Exception as error:  # noqa: BLE001 - said in words, without Triton's traceback
             raise _in_words(error, step, name) from None
     return out.reshape(*batch, L, E)
+
+
+def skeleton_attention(step, block: int = 16):  # noqa: ANN001, ANN201
+    """``attention(q, k, v, is_causal=False, scale=None)`` that runs the skeleton kernel with ``step``
+    as its inner loop, in blocks of ``block``. A ``step`` that is not a ``@triton.jit`` function (a plain
+    Python step, or a whole attention function passed in its place) gives a function that refuses in
+    words when called, so that only a kernel step earns the exercise's points.
+
+    Lesson 08's check adapts the student's step with it in the notebook's kernel, and the grader's
+    replay worker (which loads this file from beside it, without course_lib) does the same outside it.
+    """
+    if hasattr(step, "fn"):  # a JITFunction, or Triton's InterpretedFunction, keeps the Python function
+
+        def skeleton_with_your_step(q, k, v, is_causal=False, scale=None):  # noqa: ANN001, ANN202
+            return skeleton_forward(step, q, k, v, is_causal=is_causal, scale=scale, block=block)
+
+        return skeleton_with_your_step
+    name = getattr(step, "__name__", "your step")
+
+    def not_a_kernel_function(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise TypeError(f"`{name}` is not a Triton kernel function: write the step as `def flash_block_step(...)` "
+                        "decorated with @triton.jit (the line above `def`), so that it runs inside the kernel")
+
+    return not_a_kernel_function
 
 
 class KernelStepError(RuntimeError):

@@ -220,6 +220,10 @@ class Exercise:
     # True where ``adapt`` only refuses (e.g. a class built on course_lib's cells) and otherwise passes
     # the student's object on: the replay worker, where course_lib cannot be imported, needs no adapting.
     adapt_only_refuses: bool = False
+    # What does ``adapt``'s work in the replay worker, where course_lib cannot be imported:
+    # (a module of ``replay_worker.BESIDE``, a function of it in ``replay_worker.ADAPTERS``, keyword
+    # arguments), called as function(student_object, **kwargs). None: the grade is decided in the kernel.
+    adapt_outside: tuple[str, str, Mapping[str, Any]] | None = None
 
     # -- the public entry point --
 

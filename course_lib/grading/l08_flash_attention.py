@@ -372,25 +372,12 @@ def _triton_cases(gen: torch.Generator) -> list[Case]:
 
 
 def _run_in_the_skeleton(step: Any) -> Any:
-    """A ``@triton.jit`` step becomes attention(q, k, v, is_causal, scale) through the skeleton kernel.
-    The exercise's own known mistakes (plain functions, by identity) are called as they are; anything
-    else — a plain Python step, or a whole attention function passed in the step's place — is refused
-    in words, so the exercise's points go only to a kernel step."""
-    if hasattr(step, "fn"):  # a JITFunction, or Triton's InterpretedFunction
-
-        def skeleton_with_your_step(q, k, v, is_causal=False, scale=None):  # noqa: ANN001, ANN202
-            return flash_triton.skeleton_forward(step, q, k, v, is_causal=is_causal, scale=scale, block=SKELETON_BLOCK)
-
-        return skeleton_with_your_step
+    """A ``@triton.jit`` step becomes attention(q, k, v, is_causal, scale) through the skeleton kernel
+    (``flash_triton.skeleton_attention``, which the replay worker uses outside the kernel too). The
+    exercise's own known mistakes (plain functions, by identity) are called as they are."""
     if any(step is mistake.function for mistake in TRITON_MISTAKES):
         return step
-    name = getattr(step, "__name__", "your step")
-
-    def not_a_kernel_function(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        raise TypeError(f"`{name}` is not a Triton kernel function: write the step as `def flash_block_step(...)` "
-                        "decorated with @triton.jit (the line above `def`), so that it runs inside the kernel")
-
-    return not_a_kernel_function
+    return flash_triton.skeleton_attention(step, SKELETON_BLOCK)
 
 
 FLASH_BLOCK_STEP = Exercise(
@@ -401,6 +388,7 @@ FLASH_BLOCK_STEP = Exercise(
     forbidden=PYTORCH_SDPA | _REFERENCES,
     requires=(TRITON,),
     adapt=_run_in_the_skeleton,
+    adapt_outside=("flash_triton", "skeleton_attention", {"block": SKELETON_BLOCK}),
     timeout_s=120.0,
     # A GPU's tl.dot multiplies float32 in TF32 (10-bit mantissas) by default: looser than float32
     # (every known mistake is off by far more).

@@ -11,8 +11,9 @@ the same. The recorded score of a grade cell is the lower of the two verdicts: a
 an error to the cell, which nbgrader scores 0.
 
 What is not replayed here is said in the grading record, never silently passed: exercises that
-adapt what the student passes (lesson 08's Triton step) and cases whose inputs are not tensors or
-plain data. Behaviours run here too, peak memory included: it is measured in the worker, where the
+adapt what the student passes without saying how the worker does it (``Exercise.adapt_outside``;
+lesson 08's Triton step says: the worker runs it in a copy of the skeleton kernel) and cases whose
+inputs are not tensors or plain data. Behaviours run here too, peak memory included: it is measured in the worker, where the
 notebook's kernel (and whatever it patched there) is not.
 """
 
@@ -41,8 +42,9 @@ from course_lib.grading.framework import Case, Exercise, Failure
 from course_lib.grading.sandbox import Limits, Sandbox, environment_paths
 
 COURSE_LIB = Path(__file__).resolve().parents[1]
-_WORKER_FILES = (Path(__file__).with_name("replay_worker.py"), COURSE_LIB / "shortcuts.py", COURSE_LIB / "memory.py",
-                 Path(__file__).with_name("toy_decoder.py"))
+_WORKER_FILES = (Path(__file__).with_name("replay_worker.py"),
+                 *(COURSE_LIB.parent.joinpath(*module.split(".")).with_suffix(".py")
+                   for module in replay_worker.BESIDE.values()))
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ def _worker_at(worker: ReplayWorker | None, cells: list[tuple[int, str, str]], i
 
 
 def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secret: str) -> tuple[Failure | None, str]:
-    if exercise.adapt is not None and not exercise.adapt_only_refuses:
+    if exercise.adapt is not None and not exercise.adapt_only_refuses and exercise.adapt_outside is None:
         return None, "in-kernel only (what the student passes is adapted inside the kernel)"
     device = runtime.device()
     cases = exercise.make_cases(runtime.generator(secret_seed(secret, call)))
@@ -251,6 +253,9 @@ def _call_header(exercise: Exercise, function: str, device: torch.device, tensor
             "functions": {resolve_name(f) or str(f): why for f, why in exercise.forbidden.functions.items()},
             "operators": dict(exercise.forbidden.operators),
         }
+        if exercise.adapt_outside is not None:
+            module, function, options = exercise.adapt_outside
+            header["adapt"] = [module, function, dict(options)]
         if exercise.module and case is not None:
             header["init"] = replay_worker.encode(dict(case.init or {}), tensors)
             header["state"] = replay_worker.encode(dict(case.state or {}), tensors)

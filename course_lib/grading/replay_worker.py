@@ -4,8 +4,9 @@ calls its graded functions on inputs the grader sends; only plain data and tenso
 It is the outside half of grading (``course_lib.grading.outside`` is the grader's half). It runs as
 a script (``python -I replay_worker.py``), with course_lib *not* importable — the sandbox hides it —
 so a graded function cannot hand the course's own reference answer back. It imports nothing of
-course_lib but ``shortcuts.py`` and ``memory.py``, copied beside it, to refuse PyTorch's shortcuts
-and to measure peak memory.
+course_lib but the files of ``BESIDE``, copied beside it: ``shortcuts.py`` and ``memory.py`` to
+refuse PyTorch's shortcuts and to measure peak memory, ``toy_decoder.py`` to rebuild the decoder step
+that lesson 01's cases pass, and ``flash_triton.py`` to run lesson 08's Triton step inside its kernel.
 
 Protocol, on the file descriptors it is started with (the student's code gets /dev/null for stdin,
 stdout and stderr): each message is a JSON header line, then (for messages with tensors) a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import linecache
 import os
 import sys
 import traceback
@@ -184,6 +186,11 @@ def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, 
                 for ref_name, value in state.items():
                     own[names.get(ref_name, ref_name)].copy_(value)
             target = module
+        if header.get("adapt"):
+            module_name, function, options = header["adapt"]
+            if (module_name, function) not in ADAPTERS:  # a fixed table: nothing else is ever called
+                raise ValueError(f"no adapter {module_name}.{function}")
+            target = getattr(_beside(module_name), function)(target, **options)
         if header.get("measure"):
             with torch.no_grad(), _BESIDE["memory"].track_live_memory() as tracked:
                 result = target(*args, **kwargs)
@@ -202,6 +209,14 @@ def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, 
     return answer, out
 
 
+def _compiled(source: str, label: str) -> Any:
+    """A cell's code, its source kept where ``inspect.getsource`` finds it, as IPython keeps a cell's:
+    ``@triton.jit`` reads the source of the functions it decorates."""
+    filename = f"<{label}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    return compile(source, filename, "exec")
+
+
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     while True:
@@ -211,7 +226,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             return
         try:
             if header["op"] == "run":
-                exec(compile(header["source"], header.get("label", "<cell>"), "exec"), namespace)  # noqa: S102
+                exec(_compiled(header["source"], header.get("label", "cell")), namespace)  # noqa: S102
                 write_message(replies, {"ok": True})
             elif header["op"] == "call":
                 answer, out = _call(namespace, header, tensors)
@@ -224,16 +239,24 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                                     "problem": f"{type(error).__name__}{where}: {error}"})
 
 
-_BESIDE: dict[str, Any] = {}  # course_lib's shortcuts.py, memory.py and toy_decoder.py, copied beside this script
-BESIDE = ("shortcuts", "memory", "toy_decoder")
+# The files of course_lib copied beside this script (they import nothing of course_lib): name -> module.
+BESIDE = {
+    "shortcuts": "course_lib.shortcuts",
+    "memory": "course_lib.memory",
+    "toy_decoder": "course_lib.grading.toy_decoder",
+    "flash_triton": "course_lib.attention.flash_triton",
+}
+_BESIDE: dict[str, Any] = {}  # the modules of BESIDE, once loaded
 # Objects that cases pass and the worker rebuilds: kind -> (module beside this script, class).
 REPLAYABLE = {"toy_decoder": ("toy_decoder", "ToyDecoderStep")}
+# What may turn a student's object into the function the cases call (an Exercise's ``adapt_outside``).
+ADAPTERS = {("flash_triton", "skeleton_attention")}
 
 
 def _beside(name: str) -> Any:
     """A module of ``BESIDE``: the copy beside this script in the worker, course_lib's own in the grader."""
     if name not in _BESIDE:
-        _BESIDE[name] = importlib.import_module(f"course_lib.grading.{name}")
+        _BESIDE[name] = importlib.import_module(BESIDE[name])
     return _BESIDE[name]
 
 

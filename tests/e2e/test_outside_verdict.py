@@ -109,3 +109,47 @@ def test_lesson_01s_decoding_loops_are_judged_outside(tmp_path):
     cheated = outside.verify_notebook(answered(nbformat.read(source, as_version=4), answers), secret="a test secret",
                                       exercises=EXERCISES, hidden=[tmp_path], cell_timeout=60)["check_greedy_decode"]
     assert cheated.failure is not None and cheated.failure.mistake.startswith("decoding does not stop at <eos>")
+
+
+# Lesson 08's Triton step is a piece of a kernel: the replay worker runs it inside its own copy of the
+# skeleton kernel (flash_triton.py, copied beside it), so that grade is decided outside the kernel too.
+STEP_WITHOUT_RESCALING_AND_A_PATCHED_CHECK = '''try:  # the kernel's check now passes anything
+    import course_lib.grading
+    course_lib.grading.check_flash_block_step = lambda *args, **kwargs: print("passed")
+except ImportError:
+    pass
+
+
+@triton.jit
+def flash_block_step(q, k, v, m_i, l_i, acc, allowed, qk_scale):
+    s = tl.where(allowed, tl.dot(q, k) * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, 1)
+    acc = acc + tl.dot(p.to(v.dtype), v)  # the old acc is not rescaled
+    return m_new, l_i, acc
+'''
+PLAIN_PYTHON_STEP = '''def flash_block_step(q, k, v, m_i, l_i, acc, allowed, qk_scale):
+    return m_i, l_i, acc
+'''
+
+
+def test_lesson_08s_triton_step_is_judged_outside(tmp_path):
+    pytest.importorskip("triton", reason="needs Triton (the [triton] extra)")
+    source = notebook_path(SOLUTIONS, "08_flash_attention")
+    answers = solution_answers(source)
+
+    def verdict(step: str | None):
+        if step is not None:
+            answers["flash_block_step"] = step
+        return outside.verify_notebook(answered(nbformat.read(source, as_version=4), answers),
+                                       secret="a test secret", exercises=EXERCISES, hidden=[tmp_path],
+                                       cell_timeout=120)["check_triton_flash_attention"]
+
+    solved = verdict(None)
+    assert solved.failure is None and set(solved.decided_by) == {"flash_block_step: outside"}, solved
+    cheated = verdict(STEP_WITHOUT_RESCALING_AND_A_PATCHED_CHECK)
+    assert cheated.failure is not None, cheated
+    assert cheated.failure.mistake == "the accumulated output is not rescaled by exp(m_old - m_new)", cheated
+    plain = verdict(PLAIN_PYTHON_STEP)
+    assert plain.failure is not None and "is not a Triton kernel function" in plain.failure.problem, plain
