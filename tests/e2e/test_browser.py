@@ -2,6 +2,7 @@
 JupyterLab; the student opens lesson 05, has written exercise 1 but not yet exercise 2, runs all
 cells, reads what the checks say, and moves the d_k slider. nbgrader's student tools (Validate, the
 Assignment List) are there; its instructor tools (Formgrader, Create Assignment, Course List) are not.
+In lesson 08 the student, with exercise 1 written, runs all cells and steps through the tile stepper.
 
 Needs Debian's chromium (/usr/bin/chromium) and PyPI's playwright; skipped when either is missing.
 `make lab` runs in a copy of the course, so a real work/ folder is never touched.
@@ -35,6 +36,7 @@ from nbgrader_course import (  # noqa: E402 - after the skips above
 
 CHROMIUM = Path("/usr/bin/chromium")
 LESSON = "05_scaled_dot_product"
+FLASH_LESSON = "08_flash_attention"
 ENV_STAMP = Path(sys.prefix) / ".installed"  # written by the Makefile's install step
 
 pytestmark = [
@@ -86,7 +88,10 @@ def lab(tmp_path_factory):
         (settings / extension / f"{name}.jupyterlab-settings").write_text(values)
     port = _free_port()
     args = f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token= --ServerApp.password="
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(root / "lab-settings"))
+    env = dict(
+        os.environ, JUPYTERLAB_SETTINGS_DIR=str(root / "lab-settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(root / "lab-workspaces"),  # no tab left open by an earlier run
+    )
     log = open(root / "lab.log", "w")
     server = subprocess.Popen(
         ["make", "lab", f"LAB_ARGS={args}"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -156,15 +161,24 @@ def test_a_student_sees_validate_and_assignments_but_no_instructor_tools(lab):
             browser.close()
 
 
-def _write_first_exercise(path: Path) -> None:
-    """The student has typed exercise 1 (softmax) and nothing else yet."""
-    solution = nbformat.read(notebook_path(SOLUTIONS, LESSON), as_version=4)
-    answer = next(c.source for c in solution.cells if nbgrader_meta(c).get("grade_id") == "softmax")
+def _write_first_exercise(path: Path, lesson: str = LESSON, grade_id: str = "softmax") -> None:
+    """The student has typed exercise 1 (its solution cell `grade_id`) and nothing else yet."""
+    solution = nbformat.read(notebook_path(SOLUTIONS, lesson), as_version=4)
+    answer = next(c.source for c in solution.cells if nbgrader_meta(c).get("grade_id") == grade_id)
     notebook = nbformat.read(path, as_version=4)
     for cell in notebook.cells:
-        if nbgrader_meta(cell).get("grade_id") == "softmax":
+        if nbgrader_meta(cell).get("grade_id") == grade_id:
             cell.source = without_solution_markers(answer)
     nbformat.write(notebook, path)
+
+
+def _open_and_run_all(page, url: str, lesson: str) -> None:
+    page.goto(f"{url}/lab/tree/{lesson}/{lesson}.ipynb?reset")  # ?reset: only this lesson's tab, none restored
+    page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+    page.locator(".jp-CodeCell").first.click()  # focus the notebook, as a person would
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
 
 
 def test_a_student_runs_lesson_05_and_moves_the_slider(lab):
@@ -174,12 +188,7 @@ def test_a_student_runs_lesson_05_and_moves_the_slider(lab):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{url}/lab/tree/{LESSON}/{LESSON}.ipynb")
-            page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
-            page.locator(".jp-CodeCell").first.click()  # focus the notebook, as a person would
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            _open_and_run_all(page, url, LESSON)
 
             outputs = page.locator(".jp-OutputArea-output")
             outputs.filter(has_text="✓ check_softmax passed").wait_for(timeout=120_000)
@@ -202,6 +211,86 @@ def test_a_student_runs_lesson_05_and_moves_the_slider(lab):
             page.locator(".jp-Cell", has=failure).screenshot(path=str(REPO / "build" / "browser-check.png"))
         except Exception:
             page.screenshot(path=str(REPO / "build" / "browser-failure.png"), full_page=False)
+            raise
+        finally:
+            browser.close()
+
+
+# The stepper's figure as a data: URL, once a loaded PNG other than `before` is shown; else null.
+_NEW_FIGURE = """([box, before]) => {
+    const img = box.querySelector(".widget-output img");
+    return img && img.complete && img.naturalWidth > 600 && img.src.startsWith("data:image/png;base64,")
+        && img.src !== before ? img.src : null;
+}"""
+# Records, in window.stepperProblems, every error or stderr output that the cell's output area shows,
+# even one that a later redraw clears.
+_WATCH_FOR_ERRORS = """area => {
+    const problems = window.stepperProblems = [];
+    const check = node => {
+        if (node.nodeType !== Node.ELEMENT_NODE) return;
+        const stderr = node.matches("[data-mime-type*='stderr'], [data-mime-type*='error']")
+            || node.querySelector("[data-mime-type*='stderr'], [data-mime-type*='error']");
+        if (stderr || /Traceback|Error/.test(node.textContent)) problems.push(node.textContent.slice(0, 2000));
+    };
+    check(area);
+    new MutationObserver(records => {
+        for (const record of records) record.addedNodes.forEach(check);
+        check(area);
+    }).observe(area, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def test_a_student_runs_lesson_08_and_steps_through_the_tiles(lab):
+    """The tile stepper redraws for every number of key blocks seen: a different figure for each, the
+    same figure again when the student steps back, and no error in its output."""
+    root, url = lab
+    _write_first_exercise(notebook_path(root / "work", FLASH_LESSON), FLASH_LESSON, "online_softmax_stats")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            _open_and_run_all(page, url, FLASH_LESSON)
+
+            outputs = page.locator(".jp-OutputArea-output")
+            outputs.filter(has_text="check_online_softmax_stats passed").wait_for(timeout=120_000)
+            # Run All stops at exercise 2's check, after the stepper: every cell above it has run.
+            outputs.filter(has_text="still raises NotImplementedError").wait_for(timeout=120_000)
+
+            stepper = page.locator(".widget-interact", has_text="key blocks seen")
+            readout = stepper.locator(".widget-readout")
+            stepper.scroll_into_view_if_needed(timeout=30_000)
+            box = stepper.element_handle()
+            page.locator(".jp-CodeCell", has=stepper).locator(".jp-Cell-outputArea").evaluate(_WATCH_FOR_ERRORS)
+
+            def figure(seen: int, before: str | None) -> str:
+                """The stepper's figure once it is drawn for `seen` key blocks (a new one, not `before`)."""
+                sync_api.expect(readout).to_have_text(str(seen), timeout=30_000)
+                try:
+                    drawn = page.wait_for_function(_NEW_FIGURE, arg=[box, before], timeout=60_000)
+                except sync_api.TimeoutError:
+                    raise AssertionError(f"the stepper drew no new figure for {seen} key blocks seen") from None
+                return drawn.json_value()
+
+            figures = [figure(1, None)]
+            stepper.locator(".noUi-handle").focus()
+            for seen in (2, 3, 4):
+                page.keyboard.press("ArrowRight")
+                figures.append(figure(seen, figures[-1]))
+            distinct = len(set(figures))
+            assert distinct == 4, "two numbers of key blocks seen drew the same figure"
+            # Back to the start and one step on: the figure depends on the slider's value alone, and
+            # every redraw before the last has finished its output (the kernel answers in order).
+            page.keyboard.press("Home")
+            again = figure(1, figures[-1]) == figures[0]
+            assert again, "1 key block seen drew another figure the second time"
+            page.keyboard.press("ArrowRight")
+            again = figure(2, figures[0]) == figures[1]
+            assert again, "2 key blocks seen drew another figure the second time"
+            problems = page.evaluate("window.stepperProblems")
+            assert problems == [], problems
+            stepper.screenshot(path=str(REPO / "build" / "browser-tile-stepper.png"))
+        except Exception:
+            page.screenshot(path=str(REPO / "build" / "browser-tile-stepper-failure.png"), full_page=False)
             raise
         finally:
             browser.close()
