@@ -38,7 +38,7 @@ from torch import nn
 
 from course_lib import runtime
 from course_lib.memory import track_live_memory
-from course_lib.grading import student_code
+from course_lib.grading import policy, student_code
 from course_lib.grading.replay_worker import gradient_inputs, weighted_gradients
 from course_lib.grading.compare import Mismatch, close_trees, compare_trees, compare_values, flatten, tolerance_for
 from course_lib.grading.student_code import StudentFailed, call_student, quiet, time_limit
@@ -141,7 +141,8 @@ class Failure:
     """Why a check failed, as fields (tests assert on these, students read ``message``).
 
     ``kind``: exception | timeout | shortcut | not_implemented | type | structure | shape | device |
-    dtype | nan | inf | values | in_place | gradient | behaviour | dependency | requirement | usage.
+    dtype | nan | inf | values | in_place | gradient | behaviour | dependency | requirement | usage |
+    refused (the notebook's code uses what ``grading.policy`` refuses; decided outside the kernel).
     """
 
     exercise: str
@@ -160,7 +161,7 @@ class Failure:
     @property
     def message(self) -> str:
         label = f"check_{self.exercise}"
-        if self.kind in ("dependency", "requirement", "usage"):
+        if self.kind in ("dependency", "requirement", "usage", "refused"):
             return f"{label}: {self.problem}"
         if self.behaviour:
             lines = [f'{label}: behaviour "{self.behaviour}" failed', f"  {self.problem}"]
@@ -294,6 +295,9 @@ class Exercise:
             if os.environ.get("NBGRADER_EXECUTION") == "autograde":
                 raise GradingEnvironmentError(f"check_{self.name} cannot be graded on this machine: {problem}")
             return Failure(self.name, "requirement", f"this exercise needs {problem}"), 0, ""
+        refused = policy.function_refusals(fn)
+        if refused:
+            return Failure(self.name, "refused", policy.explain(refused)), 0, ""
         failure = self._check_dependencies(fn, hidden, seed)
         if failure:
             return failure, 0, ""

@@ -37,7 +37,7 @@ import torch
 from torch.overrides import resolve_name
 
 from course_lib import runtime
-from course_lib.grading import framework, replay_worker
+from course_lib.grading import framework, policy, replay_worker
 from course_lib.grading.framework import Case, Exercise, Failure
 from course_lib.grading.sandbox import Limits, Sandbox, environment_paths
 
@@ -176,6 +176,7 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
     that ends the worker or runs past ``cell_timeout`` seconds is left out of the next worker (it
     scores 0 for itself)."""
     cells = definitions(nb)
+    refused = _refused_cells(nb)
     verdicts: dict[str, CellVerdict] = {}
     skip: set[str] = set()
     worker: ReplayWorker | None = None
@@ -186,7 +187,12 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
             if not (meta.get("grade") and cell.cell_type == "code"):
                 continue
             verdict = verdicts[meta["grade_id"]] = CellVerdict(meta["grade_id"])
+            above = [problem for at, problem in refused if at < index]
             for call in check_calls(cell.source):
+                if above:  # code above this cell could switch the checks off: nothing of it is run
+                    verdict.decided_by.append(f"{call.exercise}: outside (refused before running)")
+                    verdict.failure = verdict.failure or Failure(call.exercise, "refused", policy.explain(above))
+                    continue
                 exercise = exercises.get(call.exercise)
                 if exercise is None:
                     verdict.decided_by.append(f"{call.exercise}: in-kernel only (no such exercise)")
@@ -200,6 +206,17 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
         if worker is not None:
             worker.close()
     return verdicts
+
+
+def _refused_cells(nb: Any) -> list[tuple[int, str]]:
+    """(index, what) of the student's cells that use what graded code may not (``policy``)."""
+    found = []
+    for index, source in policy.student_cells(nb):
+        problems = policy.refusals(_without_magics(source))
+        if problems:
+            first = next((line.strip() for line in source.splitlines() if line.strip()), "")
+            found.extend((index, f"in the cell that begins `{first[:60]}`, {problem}") for problem in problems)
+    return found
 
 
 def _worker_at(worker: ReplayWorker | None, cells: list[tuple[int, str, str]], index: int, skip: set[str],

@@ -270,6 +270,62 @@ def _load_beside(name: str) -> Any:
     return module
 
 
+# --- what reading the code cannot see (see course_lib.grading.policy) ------------------------------
+
+# Audit events refused once the notebook's code runs: other processes (which would run without the
+# shortcut guard), unpickling (it calls any importable function by name) and walking every live object.
+REFUSED_EVENTS = {
+    "os.fork": "starts a process", "os.forkpty": "starts a process", "os.system": "runs a program",
+    "os.exec": "runs a program", "os.posix_spawn": "runs a program", "os.spawn": "runs a program",
+    "subprocess.Popen": "runs a program", "pickle.find_class": "unpickles", "gc.get_objects": "walks live objects",
+    "gc.get_referrers": "walks live objects", "gc.get_referents": "walks live objects",
+}
+
+
+class Refused(RuntimeError):
+    """Something the replay worker does not let a notebook's code do."""
+
+
+def harden() -> None:
+    """From now on, no new thread, no other process, no unpickling: a thread or a child process runs
+    without PyTorch's modes (the shortcut guard), and unpickling or the garbage collector reach
+    anything. Triton's own compiler, which runs ``ptxas`` on a GPU, is the one caller let through."""
+    import _thread  # noqa: PLC0415
+    import sysconfig  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    spec = importlib.util.find_spec("triton")
+    triton_dirs = tuple(spec.submodule_search_locations or ()) if spec else ()
+    stdlib = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
+
+    def from_triton() -> bool:  # is the first caller outside the standard library Triton's own code?
+        frame = sys._getframe(2)
+        while frame is not None and frame.f_code.co_filename.startswith(stdlib):
+            frame = frame.f_back
+        return frame is not None and bool(triton_dirs) and frame.f_code.co_filename.startswith(triton_dirs)
+
+    def hook(event: str, args: tuple) -> None:
+        why = REFUSED_EVENTS.get(event)
+        if why is not None and not (event == "subprocess.Popen" and from_triton()):
+            raise Refused(f"graded code may not do what {event} does ({why}): the grader's replay refuses it")
+
+    def refusing(start: Any) -> Any:
+        def no_thread(*args: Any, **kwargs: Any) -> Any:
+            if from_triton():
+                return start(*args, **kwargs)
+            raise Refused("graded code may not start a thread: a thread runs without the course's checks")
+
+        return no_thread
+
+    # Python 3.11-3.12 start threads with start_new_thread, 3.13 with start_joinable_thread.
+    for module, names in ((_thread, ("start_new_thread", "start_new", "start_joinable_thread")),
+                          (threading, ("_start_new_thread", "_start_joinable_thread"))):
+        for name in names:
+            if hasattr(module, name):
+                setattr(module, name, refusing(getattr(module, name)))
+    sys.addaudithook(hook)  # for the rest of the process: an audit hook cannot be removed
+
+
 def main() -> None:
     # The protocol keeps its own copies of stdin and stdout; the student's code gets /dev/null.
     requests = os.fdopen(os.dup(0), "rb")
@@ -280,6 +336,7 @@ def main() -> None:
     sys.argv = ["replay"]
     for name in BESIDE:  # loaded before any call is timed
         _BESIDE[name] = _load_beside(name)
+    harden()
     serve(requests, replies)
 
 

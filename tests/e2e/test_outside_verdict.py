@@ -153,3 +153,24 @@ def test_lesson_08s_triton_step_is_judged_outside(tmp_path):
     assert cheated.failure.mistake == "the accumulated output is not rescaled by exp(m_old - m_new)", cheated
     plain = verdict(PLAIN_PYTHON_STEP)
     assert plain.failure is not None and "is not a Triton kernel function" in plain.failure.problem, plain
+
+
+# The shortcut guard is PyTorch's modes, in the process that runs the student's code: a thread started
+# in a cell the student added has none. The grader reads the cells the student controls first and fails
+# every grade cell below one that breaks the rules (course_lib.grading.policy), without running it.
+ATTACKS = Path(__file__).with_name("attacks")
+
+
+def test_a_cell_that_escapes_the_guard_fails_the_grade_cells_below_it_only(tmp_path):
+    source = notebook_path(SOLUTIONS, "05_scaled_dot_product")
+    nb = answered(nbformat.read(source, as_version=4), solution_answers(source))
+    position = next(i for i, c in enumerate(nb.cells) if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+                    == "attention_weights")
+    nb.cells.insert(position, nbformat.v4.new_code_cell((ATTACKS / "background_thread.py").read_text()))
+    verdicts = outside.verify_notebook(nb, secret="a test secret", exercises=EXERCISES, hidden=[tmp_path],
+                                       cell_timeout=60)
+    assert verdicts["check_softmax"].failure is None  # above the added cell
+    for grade_id in ("check_attention_weights", "check_scaled_dot_product_attention"):
+        failure = verdicts[grade_id].failure
+        assert failure is not None and failure.kind == "refused", verdicts[grade_id]
+        assert "the module `queue`" in failure.message and "the module `threading`" in failure.message

@@ -20,6 +20,7 @@ from course_lib.grading import (
     framework,
 )
 from course_lib.grading import l05_scaled_dot_product as lesson
+from course_lib.grading import policy as grading_policy
 
 HIDDEN_SEEDS = tuple(range(1, 21))  # the notebooks use a few; verdicts must hold for any
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -409,9 +410,7 @@ def _aten_sdpa(q, k, v, attn_mask=None, is_causal=False, scale=None):
         (check_softmax, lambda x, dim=-1: F.log_softmax(x, dim).exp(), "log_softmax"),
         (check_softmax, lambda x, dim=-1: attention.softmax(x, dim), "course_lib.attention.sdpa.softmax"),
         (check_softmax, lambda x, dim=-1: F.softmin(-x, dim), "softmin"),
-        (check_softmax, lambda x, dim=-1: torch.ops.aten._softmax(x, dim, False), "aten._softmax"),
         (check_softmax, lambda x, dim=-1: torch.ops.aten.softmax(x, dim), "aten._softmax"),
-        (check_softmax, lambda x, dim=-1: torch.ops.aten._safe_softmax(x, dim), "aten._safe_softmax"),
         (check_attention_weights, lambda q, k, attn_mask=None, is_causal=False, scale=None: attention.attention_weights(q, k, attn_mask, is_causal, scale), "course_lib.attention.sdpa.attention_weights"),
         (check_attention_weights, lambda q, k, attn_mask=None, is_causal=False, scale=None: F.scaled_dot_product_attention(q, k, torch.eye(k.shape[-2], dtype=q.dtype, device=q.device), attn_mask, is_causal=is_causal, scale=scale), "scaled_dot_product_attention"),
         (check_scaled_dot_product_attention, lambda q, k, v, attn_mask=None, is_causal=False, scale=None: F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal, scale=scale), "scaled_dot_product_attention"),
@@ -422,6 +421,21 @@ def _aten_sdpa(q, k, v, attn_mask=None, is_causal=False, scale=None):
 )
 def test_shortcuts_are_refused(check, fn, word):
     failure = _fails(check, fn, "write the computation yourself").failure
+    assert failure.kind == "shortcut" and word in failure.problem
+
+
+PRIVATE_ROUTES = {
+    "aten._softmax": lambda x, dim=-1: torch.ops.aten._softmax(x, dim, False),
+    "aten._safe_softmax": lambda x, dim=-1: torch.ops.aten._safe_softmax(x, dim),
+}
+
+
+@pytest.mark.parametrize("word", list(PRIVATE_ROUTES))
+def test_private_routes_are_refused_by_reading_and_by_the_guard_underneath(word, monkeypatch):
+    failure = _fails(check_softmax, PRIVATE_ROUTES[word], "a private part of a library").failure
+    assert failure.kind == "refused"
+    monkeypatch.setattr(grading_policy, "function_refusals", lambda fn: [])  # as if the reading had missed it
+    failure = _fails(check_softmax, PRIVATE_ROUTES[word], "write the computation yourself").failure
     assert failure.kind == "shortcut" and word in failure.problem
 
 
