@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 nbformat = pytest.importorskip("nbformat", reason="needs nbformat (the [lab] extra)")
 pytest.importorskip("safetensors", reason="needs safetensors (the [lab] extra)")
 
 from course_lib.grading import EXERCISES, check_sliding_window_attention, outside, sandbox  # noqa: E402
-from nbgrader_course import SOLUTIONS, answered, notebook_path, solution_answers  # noqa: E402
+from nbgrader_course import FORGETS_THE_SCALE, SOLUTIONS, answered, notebook_path, solution_answers  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
                                 reason=f"no sandbox here: {sandbox.unavailable_reason()}")
@@ -174,3 +175,24 @@ def test_a_cell_that_escapes_the_guard_fails_the_grade_cells_below_it_only(tmp_p
         failure = verdicts[grade_id].failure
         assert failure is not None and failure.kind == "refused", verdicts[grade_id]
         assert "the module `queue`" in failure.message and "the module `threading`" in failure.message
+
+
+# On a machine with a GPU the outside verdict runs there too (CUDA inside the sandbox: its device files
+# are bound, and a cgroup, not RLIMIT_AS, limits memory): the same verdicts as on the CPU.
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_outside_verdicts_are_the_same_on_cuda_and_on_the_cpu(tmp_path, monkeypatch):
+    source = notebook_path(SOLUTIONS, "05_scaled_dot_product")
+    found = {}
+    for device in ("cpu", "cuda"):
+        monkeypatch.setenv("COURSE_DEVICE", device)
+        for name, answers in (("solved", solution_answers(source)),
+                              ("no scale", {**solution_answers(source), "attention_weights": FORGETS_THE_SCALE})):
+            verdicts = outside.verify_notebook(answered(nbformat.read(source, as_version=4), answers),
+                                               secret="a test secret", exercises=EXERCISES, hidden=[tmp_path],
+                                               cell_timeout=120)
+            found[device, name] = {g: (v.failure.kind, v.failure.mistake) if v.failure else None
+                                   for g, v in verdicts.items()}
+    assert found["cpu", "solved"] == found["cuda", "solved"] == dict.fromkeys(found["cpu", "solved"])
+    assert found["cpu", "no scale"] == found["cuda", "no scale"]
+    assert found["cuda", "no scale"]["check_attention_weights"] is not None
