@@ -15,8 +15,8 @@ No (L, S) matrix is ever held: one (block, block) tile at a time. The backward p
 ``autograd.Function``) saves only q, k, v, the output and the log-sum-exp, and recomputes each tile's
 probabilities as exp(S_ij - LSE_i) (FlashAttention-2, Algorithm 2).
 
-On CUDA with Triton installed and a GPU of compute capability 8.0 or more, the forward runs the
-Triton kernel of ``flash_triton``; otherwise these tiles in PyTorch.
+On CUDA with Triton installed and a GPU of compute capability 8.0 or more, the forward and the
+backward run the Triton kernels of ``flash_triton``; otherwise these tiles in PyTorch.
 """
 
 from __future__ import annotations
@@ -204,7 +204,12 @@ class _FlashAttention(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         q, k, v, out, lse = ctx.saved_tensors
         is_causal, scale, block_size, window = ctx.options
-        dq, dk, dv = _backward_torch(q, k, v, out, lse, grad_out, is_causal, scale, block_size, window)
+        if triton_usable(q):
+            from course_lib.attention import flash_triton
+
+            dq, dk, dv = flash_triton.flash_backward(q, k, v, out, lse, grad_out, is_causal, scale, window)
+        else:
+            dq, dk, dv = _backward_torch(q, k, v, out, lse, grad_out, is_causal, scale, block_size, window)
         return dq, dk, dv, None, None, None, None
 
 

@@ -1,4 +1,4 @@
-"""The FlashAttention-2 forward as a Triton kernel, with an optional sliding window.
+"""The FlashAttention-2 forward and backward as Triton kernels, with an optional sliding window.
 
 One program computes one block of BLOCK_M queries of one (batch, head): it loads its queries once,
 walks the key/value blocks that its queries may see — causal blocks above the diagonal and blocks
@@ -6,6 +6,10 @@ outside the window are never loaded — and keeps the running max ``m_i``, the r
 the unnormalised output ``acc`` in registers (FlashAttention-2, Algorithm 1). The exponentials are
 taken in base 2 (``exp2``, with log2(e) folded into the scale), which GPUs compute natively. Only
 the blocks that straddle the causal diagonal or a window's edge, or the ragged end, are masked.
+
+The backward (``flash_backward``; FlashAttention-2, Algorithm 2) recomputes each tile's probabilities
+from the forward's log-sum-exp: one program per key block gathers dK and dV over the query blocks that
+see it, and one per query block gathers dQ, so no program adds into another's rows (no atomics).
 
 ``window=(left, right)``: query i attends key j iff ``i - left <= j <= i + right`` — FlashAttention's
 ``window_size``; Mistral's causal window of W keys is ``(W - 1, 0)``.
@@ -26,7 +30,7 @@ import sys
 
 import torch
 
-__all__ = ["available", "supports", "flash_forward", "skeleton_forward", "skeleton_attention", "interpreted",
+__all__ = ["available", "supports", "flash_forward", "flash_backward", "skeleton_forward", "skeleton_attention", "interpreted",
            "load_triton"]
 
 triton = None  # the modules, once load_triton() has imported them
@@ -149,6 +153,134 @@ def _fast_kernel_source(Q, K, V, O, LSE,  # noqa: ANN001, N803 - Triton kernels 
     tl.store(LSE + bh * L + offs_m, lse, mask=offs_m < L)
 
 
+def _backward_kv_kernel_source(Q, K, V, DO, LSE, DELTA, DK, DV,  # noqa: ANN001, N803
+                               stride_qb, stride_qm, stride_kb, stride_kn, stride_vb, stride_vn,
+                               stride_ob, stride_om, L, S, E, EV, qk_scale, window_left, window_right,
+                               IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IEEE: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                               BLOCK_DV: tl.constexpr):
+    """dK and dV of one key block (FlashAttention-2, Algorithm 2): walk the query blocks that may see
+    it, recompute P = exp(S - lse) from the forward's log-sum-exp, and gather P^T dO and dS^T Q."""
+    start_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    cols = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = tl.load(K + bh * stride_kb + cols[:, None] * stride_kn + offs_d[None, :],
+                mask=(cols[:, None] < S) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_N, BLOCK_D)
+    v = tl.load(V + bh * stride_vb + cols[:, None] * stride_vn + offs_dv[None, :],
+                mask=(cols[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_N, BLOCK_DV)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    # The queries that may see some key of this block: [lo, hi).
+    first_key = start_n * BLOCK_N
+    last_key = tl.minimum(first_key + BLOCK_N, S) - 1
+    lo = 0
+    hi = L
+    if IS_CAUSAL:
+        lo = first_key
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, first_key - window_right)
+        hi = tl.minimum(hi, last_key + window_left + 1)
+    lo = lo - lo % BLOCK_M
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m
+        q = tl.load(Q + bh * stride_qb + rows[:, None] * stride_qm + offs_d[None, :],
+                    mask=(rows[:, None] < L) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_M, BLOCK_D)
+        do = tl.load(DO + bh * stride_ob + rows[:, None] * stride_om + offs_dv[None, :],
+                     mask=(rows[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_M, BLOCK_DV)
+        lse = tl.load(LSE + bh * L + rows, mask=rows < L, other=float("-inf")) * 1.4426950408889634  # log2 units
+        delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)  # (BLOCK_M,)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_M, BLOCK_N)
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+        allowed = (rows[:, None] < L) & (cols[None, :] < S) & (lse[:, None] > float("-inf"))
+        if IS_CAUSAL:
+            allowed = allowed & (cols[None, :] <= rows[:, None])
+        if HAS_WINDOW:
+            allowed = allowed & (cols[None, :] >= rows[:, None] - window_left)
+            allowed = allowed & (cols[None, :] <= rows[:, None] + window_right)
+        p = tl.where(allowed, tl.math.exp2(s - tl.where(allowed, lse[:, None], 0.0)), 0.0)  # the forward's weights
+        if IEEE:
+            dv += tl.dot(tl.trans(p), do, input_precision="ieee")
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")  # (BLOCK_M, BLOCK_N)
+        else:
+            dv += tl.dot(tl.trans(p).to(do.dtype), do)
+            dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])  # softmax's backward
+        if IEEE:
+            dk += tl.dot(tl.trans(ds), q, input_precision="ieee")
+        else:
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+    dk = dk * (qk_scale / 1.4426950408889634)  # the scale, back from log2 units
+    tl.store(DK + bh * stride_kb + cols[:, None] * stride_kn + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=(cols[:, None] < S) & (offs_d[None, :] < E))
+    tl.store(DV + bh * stride_vb + cols[:, None] * stride_vn + offs_dv[None, :], dv.to(DV.dtype.element_ty),
+             mask=(cols[:, None] < S) & (offs_dv[None, :] < EV))
+
+
+def _backward_q_kernel_source(Q, K, V, DO, LSE, DELTA, DQ,  # noqa: ANN001, N803
+                              stride_qb, stride_qm, stride_kb, stride_kn, stride_vb, stride_vn,
+                              stride_ob, stride_om, L, S, E, EV, qk_scale, window_left, window_right,
+                              IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IEEE: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                              BLOCK_DV: tl.constexpr):
+    """dQ of one query block: the key blocks it sees, as in the forward, gathering dS K (no atomics:
+    one program owns each row of dQ)."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + bh * stride_qb + rows[:, None] * stride_qm + offs_d[None, :],
+                mask=(rows[:, None] < L) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_M, BLOCK_D)
+    do = tl.load(DO + bh * stride_ob + rows[:, None] * stride_om + offs_dv[None, :],
+                 mask=(rows[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_M, BLOCK_DV)
+    lse = tl.load(LSE + bh * L + rows, mask=rows < L, other=float("-inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    first_query = start_m * BLOCK_M
+    last_query = tl.minimum(first_query + BLOCK_M, L) - 1
+    lo = 0
+    hi = S
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, last_query + 1)
+    if HAS_WINDOW:
+        lo = tl.maximum(0, first_query - window_left)
+        lo = lo - lo % BLOCK_N
+        hi = tl.minimum(hi, last_query + window_right + 1)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = tl.load(K + bh * stride_kb + cols[:, None] * stride_kn + offs_d[None, :],
+                    mask=(cols[:, None] < S) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(V + bh * stride_vb + cols[:, None] * stride_vn + offs_dv[None, :],
+                    mask=(cols[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_N, BLOCK_DV)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            dp = tl.dot(do, tl.trans(v))
+        allowed = (rows[:, None] < L) & (cols[None, :] < S) & (lse[:, None] > float("-inf"))
+        if IS_CAUSAL:
+            allowed = allowed & (cols[None, :] <= rows[:, None])
+        if HAS_WINDOW:
+            allowed = allowed & (cols[None, :] >= rows[:, None] - window_left)
+            allowed = allowed & (cols[None, :] <= rows[:, None] + window_right)
+        p = tl.where(allowed, tl.math.exp2(s - tl.where(allowed, lse[:, None], 0.0)), 0.0)
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dq += tl.dot(ds, k, input_precision="ieee")
+        else:
+            dq += tl.dot(ds.to(k.dtype), k)
+    dq = dq * (qk_scale / 1.4426950408889634)
+    tl.store(DQ + bh * stride_qb + rows[:, None] * stride_qm + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=(rows[:, None] < L) & (offs_d[None, :] < E))
+
+
 def _skeleton_kernel_source(Q, K, V, O, L, S, E, qk_scale,  # noqa: ANN001, N803
                             IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_D: tl.constexpr, STEP: tl.constexpr):
@@ -199,6 +331,8 @@ def _kernels(interpret: bool) -> dict:
     load_triton()
     return {
         "fast": triton.jit(_fast_kernel_source),
+        "backward_kv": triton.jit(_backward_kv_kernel_source),
+        "backward_q": triton.jit(_backward_q_kernel_source),
         "skeleton": triton.jit(_skeleton_kernel_source),
         "reference_step": triton.jit(_reference_step_source),
     }
@@ -245,6 +379,39 @@ def flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: 
             **options,
         )
     return out.reshape(*batch, L, Ev), lse.reshape(*batch, L)
+
+
+def flash_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                   grad_out: torch.Tensor, is_causal: bool = False, scale: float | None = None,
+                   window: tuple[int, int] | None = None,
+                   block_m: int | None = None, block_n: int | None = None) -> tuple[torch.Tensor, ...]:
+    """``(dq, dk, dv)`` from what the forward saved: q (..., L, E), k (..., S, E), v (..., S, Ev), its
+    output and its ``lse`` (..., L), and the output's gradient. Two kernels, no atomics: one program per
+    key block gathers dK and dV over the query blocks that see it; one per query block gathers dQ.
+    ``delta = rowsum(dO ∘ O)`` (FlashAttention-2's D_i) is computed first, in PyTorch: (..., L)."""
+    load_triton()
+    batch, L, S, E, Ev = q.shape[:-2], q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    qf, kf, vf, gf = (x.reshape(-1, *x.shape[-2:]).contiguous() for x in (q, k, v, grad_out))  # (BH, L|S, E|Ev)
+    lse_f = lse.reshape(-1, L).contiguous().float()  # (BH, L)
+    delta = (grad_out.float() * out.float()).sum(dim=-1).reshape(-1, L).contiguous()  # (BH, L)
+    bh = qf.shape[0]
+    dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
+    if interpreted():
+        block_m, block_n, options = block_m or 32, block_n or 32, {}
+    else:
+        block_m, block_n = block_m or 64, block_n or 64
+        options = {"num_warps": 8 if E > 64 else 4, "num_stages": 2}
+    scale = 1.0 / math.sqrt(E) if scale is None else scale
+    left, right = window if window is not None else (0, 0)
+    common = dict(IS_CAUSAL=is_causal, HAS_WINDOW=window is not None, IEEE=q.dtype == torch.float32,
+                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_power_of_two(E), BLOCK_DV=_power_of_two(Ev), **options)
+    strides = (qf.stride(0), qf.stride(1), kf.stride(0), kf.stride(1), vf.stride(0), vf.stride(1),
+               gf.stride(0), gf.stride(1), L, S, E, Ev, scale * LOG2_E, left, right)
+    if bh and S:
+        _kernel("backward_kv")[(triton.cdiv(S, block_n), bh)](qf, kf, vf, gf, lse_f, delta, dk, dv, *strides, **common)
+    if bh and L:
+        _kernel("backward_q")[(triton.cdiv(L, block_m), bh)](qf, kf, vf, gf, lse_f, delta, dq, *strides, **common)
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
 
 
 def skeleton_forward(step, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: ANN001

@@ -211,6 +211,33 @@ def test_triton_kernel_in_the_interpreter(case, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # the interpreter computes bfloat16 wrongly
+@pytest.mark.parametrize("case", INTERPRETER_CASES + [((1,), 50, 30, 16, 16, False, (2, 0))],  # rows that see no key
+                         ids=lambda c: f"{c}")
+def test_triton_backward_in_the_interpreter(case, dtype):
+    if CUDA:
+        pytest.skip("the interpreter tests run where there is no GPU; the GPU tests run the kernel natively")
+    batch, L, S, E, Ev, is_causal, window = case
+    q, k, v = _qkv(batch, L, S, E, Ev, dtype=dtype, seed=13)
+    grad_out = torch.randn(*batch, L, Ev, generator=torch.Generator().manual_seed(14)).to(dtype)
+    out, lse = flash_triton.flash_forward(q, k, v, is_causal=is_causal, window=window)
+    start = time.perf_counter()
+    actual = flash_triton.flash_backward(q, k, v, out, lse, grad_out, is_causal=is_causal, window=window)
+    assert time.perf_counter() - start < 30
+    wide = [x.double() for x in (q, k, v, out, lse, grad_out)]
+    expected = flash._backward_torch(*wide, is_causal, 1 / math.sqrt(E), 16, window)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 5e-3}
+    for name, a, e in zip(("dq", "dk", "dv"), actual, expected):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        torch.testing.assert_close(a.double(), e, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    if window is None and dtype == torch.float32:  # and against PyTorch's own autograd
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        F.scaled_dot_product_attention(*leaves, is_causal=is_causal).backward(grad_out)
+        for a, leaf in zip(actual, leaves):
+            torch.testing.assert_close(a, leaf.grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
 def test_the_lessons_skeleton_kernel_in_the_interpreter(monkeypatch):
     if CUDA:
         pytest.skip("runs natively in the GPU tests")
@@ -291,6 +318,30 @@ def test_gpu_skeleton_kernel_and_gradients():
         grads.append([x.grad for x in leaves])
     for expected, actual in zip(*grads):
         torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TRITON_GPU, reason="needs Triton and a CUDA GPU of compute capability 8.0 or more")
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("options", [{"is_causal": False}, {"is_causal": True}, {"window": (255, 0)}, {"window": (64, 64)}],
+                         ids=str)
+def test_gpu_triton_backward_matches_pytorch(dtype, options):
+    q, k, v = _qkv((2, 4), 1000, 1000, 64, 64, dtype=dtype, seed=26, device="cuda")
+    grad_out = torch.randn_like(q)
+    window = options.get("window")
+    rows, cols = torch.arange(1000, device="cuda")[:, None], torch.arange(1000, device="cuda")[None, :]
+    mask = None if window is None else (cols >= rows - window[0]) & (cols <= rows + window[1])
+    grads = []
+    for attend in (lambda *a: _sdpa_pinned(*[x.float() for x in a], SDPBackend.MATH, attn_mask=mask,
+                                           is_causal=options.get("is_causal", False)),
+                   lambda *a: flash._flash(*a, options.get("is_causal", False), None, None, window)):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        result = attend(*leaves)
+        result.backward(grad_out.to(result.dtype))
+        grads.append([x.grad for x in leaves])
+    for expected, actual in zip(*grads):
+        assert actual.dtype == dtype
+        torch.testing.assert_close(actual.float(), expected.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu
