@@ -22,6 +22,9 @@ backward run the Triton kernels of ``flash_triton``; otherwise these tiles in Py
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -168,13 +171,32 @@ def _backward_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torc
     return dq.to(q.dtype), dk, dv
 
 
+TRITON_FAILURES: list[str] = []  # why the Triton kernels failed on this machine, if they have
+
+
 def triton_usable(q: torch.Tensor) -> bool:
-    """The Triton kernel serves CUDA tensors on GPUs of compute capability 8.0 or more."""
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) < (8, 0):
+    """The Triton kernels serve CUDA tensors on GPUs of compute capability 8.0 or more (unless they
+    have failed here before: see ``TRITON_FAILURES``)."""
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) < (8, 0) or TRITON_FAILURES:
         return False
     from course_lib.attention import flash_triton
 
     return flash_triton.available() and flash_triton.supports(q)
+
+
+def _by_triton(kernel: Callable[[], Any], tiles: Callable[[], Any]) -> Any:
+    """``kernel()``; where Triton cannot compile or launch it on this machine (a Triton that does not
+    match the GPU or the driver), a warning, then ``tiles()`` now and the PyTorch tiles from then on."""
+    try:
+        return kernel()
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Triton raises many kinds; each is said once, in words
+        lines = str(error).strip().splitlines()
+        TRITON_FAILURES.append(f"{type(error).__name__}: {lines[-1][:200] if lines else ''}")
+        warnings.warn(f"course_lib's Triton kernel failed on this machine ({TRITON_FAILURES[-1]}); "
+                      "flash_attention uses its PyTorch tiles from now on", RuntimeWarning, stacklevel=3)
+        return tiles()
 
 
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
@@ -182,11 +204,16 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool 
              window: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward pass on batched inputs: ``(out, lse)``, by Triton on a capable GPU."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+    def tiles() -> tuple[torch.Tensor, torch.Tensor]:
+        return _forward_torch(q, k, v, is_causal, scale, block_size or DEFAULT_BLOCK_SIZE, window)
+
     if triton_usable(q):
         from course_lib.attention import flash_triton
 
-        return flash_triton.flash_forward(q, k, v, is_causal=is_causal, scale=scale, window=window)
-    return _forward_torch(q, k, v, is_causal, scale, block_size or DEFAULT_BLOCK_SIZE, window)
+        return _by_triton(lambda: flash_triton.flash_forward(q, k, v, is_causal=is_causal, scale=scale,
+                                                             window=window), tiles)
+    return tiles()
 
 
 class _FlashAttention(torch.autograd.Function):
@@ -204,12 +231,16 @@ class _FlashAttention(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         q, k, v, out, lse = ctx.saved_tensors
         is_causal, scale, block_size, window = ctx.options
+        def tiles() -> tuple[torch.Tensor, ...]:
+            return _backward_torch(q, k, v, out, lse, grad_out, is_causal, scale, block_size, window)
+
         if triton_usable(q):
             from course_lib.attention import flash_triton
 
-            dq, dk, dv = flash_triton.flash_backward(q, k, v, out, lse, grad_out, is_causal, scale, window)
+            dq, dk, dv = _by_triton(lambda: flash_triton.flash_backward(q, k, v, out, lse, grad_out, is_causal,
+                                                                        scale, window), tiles)
         else:
-            dq, dk, dv = _backward_torch(q, k, v, out, lse, grad_out, is_causal, scale, block_size, window)
+            dq, dk, dv = tiles()
         return dq, dk, dv, None, None, None, None
 
 

@@ -34,6 +34,7 @@ __all__ = ["available", "supports", "flash_forward", "flash_backward", "skeleton
            "load_triton"]
 
 triton = None  # the modules, once load_triton() has imported them
+_key_range = _visible = _load_rows = _dot = _probabilities = None  # the kernels' helpers, once decorated
 tl = None
 _IMPORTED_INTERPRETED: bool | None = None  # TRITON_INTERPRET when Triton was imported
 
@@ -84,6 +85,49 @@ def supports(q: torch.Tensor) -> bool:
     return q.dtype in _DTYPES and q.shape[-1] <= 256
 
 
+def _key_range_source(first_query, last_query, S, window_left, window_right,  # noqa: ANN001, ANN201, N803
+                      IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keys [lo, hi) that some query of [first_query, last_query] may see; lo a multiple of BLOCK_N."""
+    lo = 0
+    hi = S
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, last_query + 1)
+    if HAS_WINDOW:
+        lo = tl.maximum(0, first_query - window_left)
+        lo = lo - lo % BLOCK_N
+        hi = tl.minimum(hi, last_query + window_right + 1)
+    return lo, hi
+
+
+def _visible_source(rows, cols, S, window_left, window_right,  # noqa: ANN001, ANN201, N803
+                    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """(rows, cols): True where query ``row`` may attend key ``col`` (a key below S, not in the future
+    when causal, inside the window)."""
+    allowed = (cols[None, :] < S) & (rows[:, None] >= 0)
+    if IS_CAUSAL:
+        allowed = allowed & (cols[None, :] <= rows[:, None])
+    if HAS_WINDOW:
+        allowed = allowed & (cols[None, :] >= rows[:, None] - window_left)
+        allowed = allowed & (cols[None, :] <= rows[:, None] + window_right)
+    return allowed
+
+
+def _load_rows_source(start, rows, n_rows, width, stride, BLOCK: tl.constexpr):  # noqa: ANN001, ANN201, N803
+    """The (rows, BLOCK) tile of a row-major matrix at ``start``: zeros past row n_rows and column width."""
+    offs = tl.arange(0, BLOCK)
+    return tl.load(start + rows[:, None] * stride + offs[None, :],
+                   mask=(rows[:, None] < n_rows) & (offs[None, :] < width), other=0.0)
+
+
+def _dot_source(a, b, IEEE: tl.constexpr):  # noqa: ANN001, ANN201, N803
+    """a @ b, accumulated in float32; IEEE: float32 products as they are (a GPU's default is TF32)."""
+    if IEEE:
+        product = tl.dot(a, b, input_precision="ieee")
+    else:
+        product = tl.dot(a.to(b.dtype), b)
+    return product
+
+
 def _fast_kernel_source(Q, K, V, O, LSE,  # noqa: ANN001, N803 - Triton kernels take pointers
                         stride_qb, stride_qm, stride_kb, stride_kn, stride_vb, stride_vn, stride_ob, stride_om,
                         L, S, E, EV, qk_scale, window_left, window_right,
@@ -94,33 +138,19 @@ def _fast_kernel_source(Q, K, V, O, LSE,  # noqa: ANN001, N803 - Triton kernels 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + bh * stride_qb + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=(offs_m[:, None] < L) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_M, BLOCK_D)
+    q = _load_rows(Q + bh * stride_qb, offs_m, L, E, stride_qm, BLOCK_D)  # (BLOCK_M, BLOCK_D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    # The keys some query of this block may see: [lo, hi).
     first_query = start_m * BLOCK_M
     last_query = tl.minimum(first_query + BLOCK_M, L) - 1
-    lo = 0
-    hi = S
-    if IS_CAUSAL:
-        hi = tl.minimum(hi, last_query + 1)
-    if HAS_WINDOW:
-        lo = tl.maximum(0, first_query - window_left)
-        lo = lo - lo % BLOCK_N
-        hi = tl.minimum(hi, last_query + window_right + 1)
+    lo, hi = _key_range(first_query, last_query, S, window_left, window_right, IS_CAUSAL, HAS_WINDOW, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k = tl.load(K + bh * stride_kb + cols[None, :] * stride_kn + offs_d[:, None],
                     mask=(cols[None, :] < S) & (offs_d[:, None] < E), other=0.0)  # (BLOCK_D, BLOCK_N)
-        v = tl.load(V + bh * stride_vb + cols[:, None] * stride_vn + offs_dv[None, :],
-                    mask=(cols[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_N, BLOCK_DV)
-        if IEEE:
-            s = tl.dot(q, k, input_precision="ieee") * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        else:
-            s = tl.dot(q, k) * qk_scale
+        v = _load_rows(V + bh * stride_vb, cols, S, EV, stride_vn, BLOCK_DV)  # (BLOCK_N, BLOCK_DV)
+        s = _dot(q, k, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         # Masks only where a block reaches past S, the diagonal or a window's edge.
         needs_mask = start_n + BLOCK_N > S
         if IS_CAUSAL:
@@ -128,29 +158,30 @@ def _fast_kernel_source(Q, K, V, O, LSE,  # noqa: ANN001, N803 - Triton kernels 
         if HAS_WINDOW:
             needs_mask = needs_mask | (start_n < last_query - window_left) | (start_n + BLOCK_N - 1 > first_query + window_right)
         if needs_mask:
-            allowed = cols[None, :] < S
-            if IS_CAUSAL:
-                allowed = allowed & (cols[None, :] <= offs_m[:, None])
-            if HAS_WINDOW:
-                allowed = allowed & (cols[None, :] >= offs_m[:, None] - window_left)
-                allowed = allowed & (cols[None, :] <= offs_m[:, None] + window_right)
-            s = tl.where(allowed, s, float("-inf"))
+            s = tl.where(_visible(offs_m, cols, S, window_left, window_right, IS_CAUSAL, HAS_WINDOW), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p, v, IEEE)
         m_i = m_new
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    offs_dv = tl.arange(0, BLOCK_DV)
     tl.store(O + bh * stride_ob + offs_m[:, None] * stride_om + offs_dv[None, :], out.to(O.dtype.element_ty),
              mask=(offs_m[:, None] < L) & (offs_dv[None, :] < EV))
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
     tl.store(LSE + bh * L + offs_m, lse, mask=offs_m < L)
+
+
+def _probabilities_source(q, k, lse, rows, cols, S, qk_scale, window_left, window_right,  # noqa: ANN001, ANN201, N803
+                          IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, IEEE: tl.constexpr):
+    """The forward's weights of a tile, recomputed: exp2(q kᵀ · qk_scale - lse) where the query may see
+    the key and has seen some key (``lse`` in log2 units, -inf for a row that saw none), else 0."""
+    s = _dot(q, tl.trans(k), IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
+    allowed = _visible(rows, cols, S, window_left, window_right, IS_CAUSAL, HAS_WINDOW) & (lse[:, None] > float("-inf"))
+    return tl.where(allowed, tl.math.exp2(s - tl.where(allowed, lse[:, None], 0.0)), 0.0)
 
 
 def _backward_kv_kernel_source(Q, K, V, DO, LSE, DELTA, DK, DV,  # noqa: ANN001, N803
@@ -164,13 +195,8 @@ def _backward_kv_kernel_source(Q, K, V, DO, LSE, DELTA, DK, DV,  # noqa: ANN001,
     start_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     cols = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + bh * stride_kb + cols[:, None] * stride_kn + offs_d[None, :],
-                mask=(cols[:, None] < S) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_N, BLOCK_D)
-    v = tl.load(V + bh * stride_vb + cols[:, None] * stride_vn + offs_dv[None, :],
-                mask=(cols[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_N, BLOCK_DV)
+    k = _load_rows(K + bh * stride_kb, cols, S, E, stride_kn, BLOCK_D)  # (BLOCK_N, BLOCK_D)
+    v = _load_rows(V + bh * stride_vb, cols, S, EV, stride_vn, BLOCK_DV)  # (BLOCK_N, BLOCK_DV)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     # The queries that may see some key of this block: [lo, hi).
@@ -185,36 +211,18 @@ def _backward_kv_kernel_source(Q, K, V, DO, LSE, DELTA, DK, DV,  # noqa: ANN001,
         hi = tl.minimum(hi, last_key + window_left + 1)
     lo = lo - lo % BLOCK_M
     for start_m in range(lo, hi, BLOCK_M):
-        rows = start_m + offs_m
-        q = tl.load(Q + bh * stride_qb + rows[:, None] * stride_qm + offs_d[None, :],
-                    mask=(rows[:, None] < L) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_M, BLOCK_D)
-        do = tl.load(DO + bh * stride_ob + rows[:, None] * stride_om + offs_dv[None, :],
-                     mask=(rows[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_M, BLOCK_DV)
+        rows = start_m + tl.arange(0, BLOCK_M)
+        q = _load_rows(Q + bh * stride_qb, rows, L, E, stride_qm, BLOCK_D)  # (BLOCK_M, BLOCK_D)
+        do = _load_rows(DO + bh * stride_ob, rows, L, EV, stride_om, BLOCK_DV)  # (BLOCK_M, BLOCK_DV)
         lse = tl.load(LSE + bh * L + rows, mask=rows < L, other=float("-inf")) * 1.4426950408889634  # log2 units
         delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)  # (BLOCK_M,)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_M, BLOCK_N)
-        else:
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-        allowed = (rows[:, None] < L) & (cols[None, :] < S) & (lse[:, None] > float("-inf"))
-        if IS_CAUSAL:
-            allowed = allowed & (cols[None, :] <= rows[:, None])
-        if HAS_WINDOW:
-            allowed = allowed & (cols[None, :] >= rows[:, None] - window_left)
-            allowed = allowed & (cols[None, :] <= rows[:, None] + window_right)
-        p = tl.where(allowed, tl.math.exp2(s - tl.where(allowed, lse[:, None], 0.0)), 0.0)  # the forward's weights
-        if IEEE:
-            dv += tl.dot(tl.trans(p), do, input_precision="ieee")
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")  # (BLOCK_M, BLOCK_N)
-        else:
-            dv += tl.dot(tl.trans(p).to(do.dtype), do)
-            dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])  # softmax's backward
-        if IEEE:
-            dk += tl.dot(tl.trans(ds), q, input_precision="ieee")
-        else:
-            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+        p = _probabilities(q, k, lse, rows, cols, S, qk_scale, window_left, window_right, IS_CAUSAL, HAS_WINDOW, IEEE)
+        dv += _dot(tl.trans(p), do, IEEE)
+        ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])  # softmax's backward: P ∘ (dP - D)
+        dk += _dot(tl.trans(ds), q, IEEE)
     dk = dk * (qk_scale / 1.4426950408889634)  # the scale, back from log2 units
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     tl.store(DK + bh * stride_kb + cols[:, None] * stride_kn + offs_d[None, :], dk.to(DK.dtype.element_ty),
              mask=(cols[:, None] < S) & (offs_d[None, :] < E))
     tl.store(DV + bh * stride_vb + cols[:, None] * stride_vn + offs_dv[None, :], dv.to(DV.dtype.element_ty),
@@ -232,51 +240,23 @@ def _backward_q_kernel_source(Q, K, V, DO, LSE, DELTA, DQ,  # noqa: ANN001, N803
     start_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + bh * stride_qb + rows[:, None] * stride_qm + offs_d[None, :],
-                mask=(rows[:, None] < L) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_M, BLOCK_D)
-    do = tl.load(DO + bh * stride_ob + rows[:, None] * stride_om + offs_dv[None, :],
-                 mask=(rows[:, None] < L) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_M, BLOCK_DV)
+    q = _load_rows(Q + bh * stride_qb, rows, L, E, stride_qm, BLOCK_D)  # (BLOCK_M, BLOCK_D)
+    do = _load_rows(DO + bh * stride_ob, rows, L, EV, stride_om, BLOCK_DV)  # (BLOCK_M, BLOCK_DV)
     lse = tl.load(LSE + bh * L + rows, mask=rows < L, other=float("-inf")) * 1.4426950408889634
     delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     first_query = start_m * BLOCK_M
     last_query = tl.minimum(first_query + BLOCK_M, L) - 1
-    lo = 0
-    hi = S
-    if IS_CAUSAL:
-        hi = tl.minimum(hi, last_query + 1)
-    if HAS_WINDOW:
-        lo = tl.maximum(0, first_query - window_left)
-        lo = lo - lo % BLOCK_N
-        hi = tl.minimum(hi, last_query + window_right + 1)
+    lo, hi = _key_range(first_query, last_query, S, window_left, window_right, IS_CAUSAL, HAS_WINDOW, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        k = tl.load(K + bh * stride_kb + cols[:, None] * stride_kn + offs_d[None, :],
-                    mask=(cols[:, None] < S) & (offs_d[None, :] < E), other=0.0)  # (BLOCK_N, BLOCK_D)
-        v = tl.load(V + bh * stride_vb + cols[:, None] * stride_vn + offs_dv[None, :],
-                    mask=(cols[:, None] < S) & (offs_dv[None, :] < EV), other=0.0)  # (BLOCK_N, BLOCK_DV)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            dp = tl.dot(do, tl.trans(v))
-        allowed = (rows[:, None] < L) & (cols[None, :] < S) & (lse[:, None] > float("-inf"))
-        if IS_CAUSAL:
-            allowed = allowed & (cols[None, :] <= rows[:, None])
-        if HAS_WINDOW:
-            allowed = allowed & (cols[None, :] >= rows[:, None] - window_left)
-            allowed = allowed & (cols[None, :] <= rows[:, None] + window_right)
-        p = tl.where(allowed, tl.math.exp2(s - tl.where(allowed, lse[:, None], 0.0)), 0.0)
-        ds = p * (dp - delta[:, None])
-        if IEEE:
-            dq += tl.dot(ds, k, input_precision="ieee")
-        else:
-            dq += tl.dot(ds.to(k.dtype), k)
+        cols = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(K + bh * stride_kb, cols, S, E, stride_kn, BLOCK_D)  # (BLOCK_N, BLOCK_D)
+        v = _load_rows(V + bh * stride_vb, cols, S, EV, stride_vn, BLOCK_DV)  # (BLOCK_N, BLOCK_DV)
+        p = _probabilities(q, k, lse, rows, cols, S, qk_scale, window_left, window_right, IS_CAUSAL, HAS_WINDOW, IEEE)
+        ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
+        dq += _dot(ds, k, IEEE)
     dq = dq * (qk_scale / 1.4426950408889634)
+    offs_d = tl.arange(0, BLOCK_D)
     tl.store(DQ + bh * stride_qb + rows[:, None] * stride_qm + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(rows[:, None] < L) & (offs_d[None, :] < E))
 
@@ -329,6 +309,11 @@ def _reference_step_source(q, k, v, m_i, l_i, acc, allowed, qk_scale):  # noqa: 
 def _kernels(interpret: bool) -> dict:
     """Decorate the kernels now (TRITON_INTERPRET is read at decoration); one set per mode."""
     load_triton()
+    # The kernels' helpers, called by name from inside them: Triton finds them among this module's globals.
+    global _key_range, _visible, _load_rows, _dot, _probabilities
+    _key_range, _visible, _load_rows, _dot, _probabilities = (
+        triton.jit(f) for f in (_key_range_source, _visible_source, _load_rows_source, _dot_source,
+                                _probabilities_source))
     return {
         "fast": triton.jit(_fast_kernel_source),
         "backward_kv": triton.jit(_backward_kv_kernel_source),

@@ -10,6 +10,7 @@ Needs Debian's chromium (/usr/bin/chromium) and PyPI's playwright; skipped when 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,21 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+
+
+@contextlib.contextmanager
+def _student_page(failure_screenshot: str) -> Iterator[object]:
+    """A page of Chromium, as a student's browser; where the test fails on it, a screenshot in build/."""
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            yield page
+        except Exception:
+            page.screenshot(path=str(REPO / "build" / failure_screenshot), full_page=False)
+            raise
+        finally:
+            browser.close()
 
 
 def _free_port() -> int:
@@ -131,34 +148,26 @@ def test_the_instructor_s_server_pages_are_not_served_but_the_student_s_are(lab)
 def test_a_student_sees_validate_and_assignments_but_no_instructor_tools(lab):
     """Would a student find Formgrader, Create Assignment or the Course List in `make lab`'s JupyterLab?"""
     _, url = lab
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(f"{url}/lab/tree/{LESSON}/{LESSON}.ipynb")
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
-            page.locator(".jp-NotebookPanel-toolbar").get_by_text("Validate", exact=True).wait_for(timeout=30_000)
-            # Opening it marked nothing modified: the copy already carries what the kernel reports.
-            page.wait_for_timeout(2_000)
-            assert page.locator(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty").count() == 0
-            sidebar_tabs = page.locator(".jp-SideBar .lm-TabBar-tab")
-            sidebar_tabs.first.wait_for(timeout=30_000)
-            titles = [tab.get_attribute("title") or "" for tab in sidebar_tabs.all()]
-            assert titles and not [t for t in titles if "Create Assignment" in t], titles
+    with _student_page("browser-nbgrader-failure.png") as page:
+        page.goto(f"{url}/lab/tree/{LESSON}/{LESSON}.ipynb")
+        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+        page.locator(".jp-NotebookPanel-toolbar").get_by_text("Validate", exact=True).wait_for(timeout=30_000)
+        # Opening it marked nothing modified: the copy already carries what the kernel reports.
+        page.wait_for_timeout(2_000)
+        assert page.locator(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty").count() == 0
+        sidebar_tabs = page.locator(".jp-SideBar .lm-TabBar-tab")
+        sidebar_tabs.first.wait_for(timeout=30_000)
+        titles = [tab.get_attribute("title") or "" for tab in sidebar_tabs.all()]
+        assert titles and not [t for t in titles if "Create Assignment" in t], titles
 
-            page.get_by_role("menuitem", name="Nbgrader", exact=True).click()
-            entries = page.locator(".lm-Menu .lm-Menu-item:visible .lm-Menu-itemLabel")
-            entries.first.wait_for(timeout=10_000)
-            labels = entries.all_inner_texts()
-            assert "Assignment List" in labels, labels
-            assert not [label for label in labels if any(w in label for w in ("Formgrader", "Create", "Course List"))], labels
-            page.get_by_role("menuitem", name="Assignment List", exact=True).click()
-            page.locator(".lm-TabBar-tab", has_text="Assignments").wait_for(timeout=30_000)
-        except Exception:
-            page.screenshot(path=str(REPO / "build" / "browser-nbgrader-failure.png"), full_page=False)
-            raise
-        finally:
-            browser.close()
+        page.get_by_role("menuitem", name="Nbgrader", exact=True).click()
+        entries = page.locator(".lm-Menu .lm-Menu-item:visible .lm-Menu-itemLabel")
+        entries.first.wait_for(timeout=10_000)
+        labels = entries.all_inner_texts()
+        assert "Assignment List" in labels, labels
+        assert not [label for label in labels if any(w in label for w in ("Formgrader", "Create", "Course List"))], labels
+        page.get_by_role("menuitem", name="Assignment List", exact=True).click()
+        page.locator(".lm-TabBar-tab", has_text="Assignments").wait_for(timeout=30_000)
 
 
 def _write_first_exercise(path: Path, lesson: str = LESSON, grade_id: str = "softmax") -> None:
@@ -184,36 +193,28 @@ def _open_and_run_all(page, url: str, lesson: str) -> None:
 def test_a_student_runs_lesson_05_and_moves_the_slider(lab):
     root, url = lab
     _write_first_exercise(notebook_path(root / "work", LESSON))
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            _open_and_run_all(page, url, LESSON)
+    with _student_page("browser-failure.png") as page:
+        _open_and_run_all(page, url, LESSON)
 
-            outputs = page.locator(".jp-OutputArea-output")
-            outputs.filter(has_text="✓ check_softmax passed").wait_for(timeout=120_000)
-            failure = outputs.filter(has_text="check_attention_weights: case")
-            failure.wait_for(timeout=120_000)
-            assert "still raises NotImplementedError" in failure.inner_text()
+        outputs = page.locator(".jp-OutputArea-output")
+        outputs.filter(has_text="✓ check_softmax passed").wait_for(timeout=120_000)
+        failure = outputs.filter(has_text="check_attention_weights: case")
+        failure.wait_for(timeout=120_000)
+        assert "still raises NotImplementedError" in failure.inner_text()
 
-            slider = page.locator(".widget-slider").first
-            image = page.locator(".widget-output img").first
-            slider.scroll_into_view_if_needed()
-            before = image.get_attribute("src")
-            slider.locator(".noUi-handle").focus()
-            page.keyboard.press("ArrowRight")
-            page.wait_for_function(
-                "before => document.querySelector('.widget-output img')?.src !== before", arg=before,
-                timeout=30_000,
-            )
-            assert "512" in slider.inner_text()
-            slider.screenshot(path=str(REPO / "build" / "browser-slider.png"))
-            page.locator(".jp-Cell", has=failure).screenshot(path=str(REPO / "build" / "browser-check.png"))
-        except Exception:
-            page.screenshot(path=str(REPO / "build" / "browser-failure.png"), full_page=False)
-            raise
-        finally:
-            browser.close()
+        slider = page.locator(".widget-slider").first
+        image = page.locator(".widget-output img").first
+        slider.scroll_into_view_if_needed()
+        before = image.get_attribute("src")
+        slider.locator(".noUi-handle").focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            "before => document.querySelector('.widget-output img')?.src !== before", arg=before,
+            timeout=30_000,
+        )
+        assert "512" in slider.inner_text()
+        slider.screenshot(path=str(REPO / "build" / "browser-slider.png"))
+        page.locator(".jp-Cell", has=failure).screenshot(path=str(REPO / "build" / "browser-check.png"))
 
 
 # The stepper's figure as a data: URL, once a loaded PNG other than `before` is shown; else null.
@@ -245,52 +246,44 @@ def test_a_student_runs_lesson_08_and_steps_through_the_tiles(lab):
     same figure again when the student steps back, and no error in its output."""
     root, url = lab
     _write_first_exercise(notebook_path(root / "work", FLASH_LESSON), FLASH_LESSON, "online_softmax_stats")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            _open_and_run_all(page, url, FLASH_LESSON)
+    with _student_page("browser-tile-stepper-failure.png") as page:
+        _open_and_run_all(page, url, FLASH_LESSON)
 
-            outputs = page.locator(".jp-OutputArea-output")
-            outputs.filter(has_text="check_online_softmax_stats passed").wait_for(timeout=120_000)
-            # Run All stops at exercise 2's check, after the stepper: every cell above it has run.
-            outputs.filter(has_text="still raises NotImplementedError").wait_for(timeout=120_000)
+        outputs = page.locator(".jp-OutputArea-output")
+        outputs.filter(has_text="check_online_softmax_stats passed").wait_for(timeout=120_000)
+        # Run All stops at exercise 2's check, after the stepper: every cell above it has run.
+        outputs.filter(has_text="still raises NotImplementedError").wait_for(timeout=120_000)
 
-            stepper = page.locator(".widget-interact", has_text="key blocks seen")
-            readout = stepper.locator(".widget-readout")
-            stepper.scroll_into_view_if_needed(timeout=30_000)
-            box = stepper.element_handle()
-            page.locator(".jp-CodeCell", has=stepper).locator(".jp-Cell-outputArea").evaluate(_WATCH_FOR_ERRORS)
+        stepper = page.locator(".widget-interact", has_text="key blocks seen")
+        readout = stepper.locator(".widget-readout")
+        stepper.scroll_into_view_if_needed(timeout=30_000)
+        box = stepper.element_handle()
+        page.locator(".jp-CodeCell", has=stepper).locator(".jp-Cell-outputArea").evaluate(_WATCH_FOR_ERRORS)
 
-            def figure(seen: int, before: str | None) -> str:
-                """The stepper's figure once it is drawn for `seen` key blocks (a new one, not `before`)."""
-                sync_api.expect(readout).to_have_text(str(seen), timeout=30_000)
-                try:
-                    drawn = page.wait_for_function(_NEW_FIGURE, arg=[box, before], timeout=60_000)
-                except sync_api.TimeoutError:
-                    raise AssertionError(f"the stepper drew no new figure for {seen} key blocks seen") from None
-                return drawn.json_value()
+        def figure(seen: int, before: str | None) -> str:
+            """The stepper's figure once it is drawn for `seen` key blocks (a new one, not `before`)."""
+            sync_api.expect(readout).to_have_text(str(seen), timeout=30_000)
+            try:
+                drawn = page.wait_for_function(_NEW_FIGURE, arg=[box, before], timeout=60_000)
+            except sync_api.TimeoutError:
+                raise AssertionError(f"the stepper drew no new figure for {seen} key blocks seen") from None
+            return drawn.json_value()
 
-            figures = [figure(1, None)]
-            stepper.locator(".noUi-handle").focus()
-            for seen in (2, 3, 4):
-                page.keyboard.press("ArrowRight")
-                figures.append(figure(seen, figures[-1]))
-            distinct = len(set(figures))
-            assert distinct == 4, "two numbers of key blocks seen drew the same figure"
-            # Back to the start and one step on: the figure depends on the slider's value alone, and
-            # every redraw before the last has finished its output (the kernel answers in order).
-            page.keyboard.press("Home")
-            again = figure(1, figures[-1]) == figures[0]
-            assert again, "1 key block seen drew another figure the second time"
+        figures = [figure(1, None)]
+        stepper.locator(".noUi-handle").focus()
+        for seen in (2, 3, 4):
             page.keyboard.press("ArrowRight")
-            again = figure(2, figures[0]) == figures[1]
-            assert again, "2 key blocks seen drew another figure the second time"
-            problems = page.evaluate("window.stepperProblems")
-            assert problems == [], problems
-            stepper.screenshot(path=str(REPO / "build" / "browser-tile-stepper.png"))
-        except Exception:
-            page.screenshot(path=str(REPO / "build" / "browser-tile-stepper-failure.png"), full_page=False)
-            raise
-        finally:
-            browser.close()
+            figures.append(figure(seen, figures[-1]))
+        distinct = len(set(figures))
+        assert distinct == 4, "two numbers of key blocks seen drew the same figure"
+        # Back to the start and one step on: the figure depends on the slider's value alone, and
+        # every redraw before the last has finished its output (the kernel answers in order).
+        page.keyboard.press("Home")
+        again = figure(1, figures[-1]) == figures[0]
+        assert again, "1 key block seen drew another figure the second time"
+        page.keyboard.press("ArrowRight")
+        again = figure(2, figures[0]) == figures[1]
+        assert again, "2 key blocks seen drew another figure the second time"
+        problems = page.evaluate("window.stepperProblems")
+        assert problems == [], problems
+        stepper.screenshot(path=str(REPO / "build" / "browser-tile-stepper.png"))

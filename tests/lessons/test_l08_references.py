@@ -299,6 +299,7 @@ def test_gpu_uses_the_triton_kernel_and_its_window():
     expected, expected_lse = flash._forward_torch(q.float(), k.float(), v.float(), True, 1 / 8, 128)
     torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(lse, expected_lse, rtol=1e-4, atol=1e-4)
+    assert flash.TRITON_FAILURES == []  # the kernel ran, not the tiles it falls back to
 
 
 @pytest.mark.gpu
@@ -342,6 +343,7 @@ def test_gpu_triton_backward_matches_pytorch(dtype, options):
     for expected, actual in zip(*grads):
         assert actual.dtype == dtype
         torch.testing.assert_close(actual.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    assert flash.TRITON_FAILURES == []  # the kernels ran, not the tiles they fall back to
 
 
 @pytest.mark.gpu
@@ -356,3 +358,20 @@ def test_gpu_memory_is_linear():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before
     assert extra < 16 * out.numel() * out.element_size(), extra  # the scores alone would be 512 MiB
+
+
+def test_a_triton_kernel_that_fails_here_falls_back_to_the_tiles_once_with_a_warning(monkeypatch):
+    q, k, v = _qkv((2,), 20, 30, 8, 8)
+    monkeypatch.setattr(flash, "TRITON_FAILURES", [])
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("PTX .version 8.7 does not support .target sm_120")
+
+    with pytest.warns(RuntimeWarning, match="failed on this machine .RuntimeError: PTX .version 8.7"):
+        out = flash._by_triton(broken, lambda: flash._forward_torch(q, k, v, False, 8 ** -0.5, 16)[0])
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    assert calls == [1] and flash.TRITON_FAILURES and not flash.triton_usable(q)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # running out of memory is not the kernel's fault
+        flash._by_triton(lambda: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("out of memory")), lambda: None)
