@@ -11,18 +11,21 @@ Candidates, side by side in one run (forward pass, no gradients):
 TFLOP/s counts 4·L·S·d·heads·batch for the forward, halved for causal. Peak extra memory: on the
 CPU the most bytes alive at once (tracked storages, ``bench.peak_extra_bytes``), on CUDA the rise of
 ``max_memory_allocated``. On CUDA a second table times the kernel's sliding window (W - 1, 0) against
-compiled FlexAttention with the same window.
+compiled FlexAttention with the same window; and a training step — forward and backward — of
+``flash_attention`` (the Triton kernels on a capable GPU) against SDPA's backends.
 
 Sizes from the environment (defaults in brackets, CPU | CUDA):
 ``FLASH_BENCH_LENGTHS`` [512,1024,2048,4096 | 512,...,16384], ``FLASH_BENCH_MEMORY_LENGTHS``
 [1024,...,16384 | none], ``FLASH_BENCH_BATCH`` [1 | 4], ``FLASH_BENCH_HEADS`` [8 | 16],
 ``FLASH_BENCH_DIM`` [64], ``FLASH_BENCH_DTYPES`` [float32 | float16,bfloat16],
-``FLASH_BENCH_WINDOW_LENGTHS`` [none | 16384,65536], ``FLASH_BENCH_WINDOWS`` [512,4096].
+``FLASH_BENCH_WINDOW_LENGTHS`` [none | 16384,65536], ``FLASH_BENCH_WINDOWS`` [512,4096],
+``FLASH_BENCH_TRAINING_LENGTHS`` [none | 4096,16384] (on the CPU too, when given).
 Results: ``bench_results/flash.json`` and ``flash.png``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -35,9 +38,11 @@ from course_lib import bench
 from course_lib.attention import flash, flash_triton
 
 _CPU = {"lengths": "512,1024,2048,4096", "memory_lengths": "1024,2048,4096,8192,16384", "batch": "1",
-        "heads": "8", "dim": "64", "dtypes": "float32", "window_lengths": "", "windows": "512,4096"}
+        "heads": "8", "dim": "64", "dtypes": "float32", "window_lengths": "", "windows": "512,4096",
+        "training_lengths": ""}
 _CUDA = {"lengths": "512,1024,2048,4096,8192,16384", "memory_lengths": "", "batch": "4", "heads": "16",
-         "dim": "64", "dtypes": "float16,bfloat16", "window_lengths": "16384,65536", "windows": "512,4096"}
+         "dim": "64", "dtypes": "float16,bfloat16", "window_lengths": "16384,65536", "windows": "512,4096",
+         "training_lengths": "4096,16384"}
 NAIVE_MAX_BYTES = 24 << 30  # naive attention is skipped where its scores alone would pass this
 TILED_MAX_LENGTH_CUDA = 4096  # the PyTorch tiles launch ~10 small kernels per tile: slow past this on a GPU
 
@@ -69,17 +74,22 @@ def _candidates(q, k, v, is_causal: bool, device: torch.device) -> dict[str, Cal
         found["flash (PyTorch tiles)"] = lambda: flash._forward_torch(q, k, v, is_causal, scale, flash.DEFAULT_BLOCK_SIZE)
     if flash.triton_usable(q):
         found["flash (Triton)"] = lambda: flash_triton.flash_forward(q, k, v, is_causal=is_causal, scale=scale)
-    if device.type == "cuda":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    return {**found, **_sdpa_candidates(q, k, v, is_causal, device)}
 
-        for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
-            def pinned(backend=getattr(SDPBackend, backend)):  # noqa: ANN001, ANN202
-                with sdpa_kernel(backend):
-                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
 
-            found[f"sdpa {backend}"] = pinned
-    else:
-        found["sdpa (default)"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+def _sdpa_candidates(q, k, v, is_causal: bool, device: torch.device) -> dict[str, Callable[[], Any]]:  # noqa: ANN001
+    """PyTorch's SDPA: each CUDA backend pinned, or the CPU's default."""
+    if device.type != "cuda":
+        return {"sdpa (default)": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)}
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    found = {}
+    for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
+        def pinned(backend=getattr(SDPBackend, backend)):  # noqa: ANN001, ANN202
+            with sdpa_kernel(backend):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+
+        found[f"sdpa {backend}"] = pinned
     return found
 
 
@@ -94,22 +104,25 @@ def _cuda_peak_extra(call: Callable[[], Any], device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def _measure(candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, dict]:
-    """Per candidate: seconds, peak extra bytes, or the error that stopped it (e.g. out of memory)."""
+def _measure(candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
+             training: bool = False) -> dict[str, dict]:
+    """Per candidate: seconds, peak extra bytes, or the error that stopped it (e.g. out of memory).
+    ``training``: the calls take gradients themselves (no ``no_grad``, no memory measured)."""
     results: dict[str, dict] = {}
     working = {}
+    grad_mode = contextlib.nullcontext if training else torch.no_grad
     for name, call in candidates.items():
         try:
-            with torch.no_grad():
+            with grad_mode():
                 call()  # warm-up and compile
-            extra = _cuda_peak_extra(call, device) if device.type == "cuda" else None
+            extra = _cuda_peak_extra(call, device) if device.type == "cuda" and not training else None
             working[name] = call
             results[name] = {"extra_bytes": extra}
         except Exception as error:  # noqa: BLE001 - an out-of-memory or unsupported backend is a result
             results[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    with torch.no_grad():
+    with grad_mode():
         times = bench.time_interleaved(working, device, repeats=repeats, warmup=1)
     for name, seconds in times.items():
         results[name]["seconds"] = seconds
@@ -193,6 +206,37 @@ def _window_table(device: torch.device) -> list[dict]:
     return rows
 
 
+def _training_table(device: torch.device) -> list[dict]:
+    """One forward and backward of flash_attention (Triton both ways on a capable GPU, else the PyTorch
+    tiles) against SDPA's backends (pinned on CUDA, its default on the CPU)."""
+    lengths = _ints(_setting("training_lengths", device))
+    B, H, d = (int(_setting(n, device)) for n in ("batch", "heads", "dim"))
+    rows = []
+    for dtype_name in _setting("dtypes", device).split(",") if lengths else ():
+        dtype = getattr(torch, dtype_name.strip())
+        for L in lengths:
+            q, k, v = (torch.randn(B, H, L, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+            grad_out = torch.randn_like(q)
+            for is_causal in (False, True):
+                candidates = {
+                    f"flash ({'Triton' if flash.triton_usable(q) else 'PyTorch tiles'}) fwd+bwd":
+                        lambda c=is_causal: flash.flash_attention(q, k, v, is_causal=c),
+                    **{f"{name} fwd+bwd": sdpa for name, sdpa in _sdpa_candidates(q, k, v, is_causal, device).items()},
+                }
+                steps = {name: lambda attend=attend: torch.autograd.grad(attend(), (q, k, v), grad_out)
+                         for name, attend in candidates.items()}
+                for name, result in _measure(steps, device, repeats=5, training=True).items():
+                    row = {"dtype": dtype_name, "L": L, "causal": is_causal, "candidate": name, **result}
+                    rows.append(row)
+                    print(f"  training {dtype_name:9s} L={L:6d} causal={is_causal!s:5s} {name:30s} "
+                          + (f"{result['seconds'] * 1e3:9.2f} ms" if "seconds" in result else result["error"]),
+                          flush=True)
+            del q, k, v, grad_out
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
 def _print_row(row: dict) -> None:
     if "seconds" in row:
         extra = row.get("extra_bytes")
@@ -215,6 +259,7 @@ def run(device: torch.device) -> dict:
     results["timing"] = _timing_table(device)
     results["memory"] = _memory_table(device)
     results["window"] = _window_table(device)
+    results["training"] = _training_table(device)
     results["summary"] = summarise(results)
     for line in results["summary"]:
         print(line)
@@ -255,6 +300,15 @@ def summarise(results: dict) -> list[str]:
         if parts:
             lines.append(f"{dtype} L={L} causal={causal}: time / {'cuDNN' if 'sdpa CUDNN_ATTENTION' in by else 'SDPA'}: "
                          + ", ".join(parts))
+    training = results.get("training", [])
+    for dtype, L, causal in sorted({(r["dtype"], r["L"], r["causal"]) for r in training}):
+        by = {r["candidate"]: r for r in training if (r["dtype"], r["L"], r["causal"]) == (dtype, L, causal)
+              and "seconds" in r}
+        base = by.get("sdpa CUDNN_ATTENTION fwd+bwd") or by.get("sdpa (default) fwd+bwd")
+        parts = [f"{name} {r['seconds'] / base['seconds']:.2f}×" for name, r in by.items() if base and r is not base]
+        if parts:
+            lines.append(f"training {dtype} L={L} causal={causal}: time / "
+                         f"{'cuDNN' if 'sdpa CUDNN_ATTENTION fwd+bwd' in by else 'SDPA'} fwd+bwd: " + ", ".join(parts))
     return lines
 
 

@@ -32,3 +32,16 @@ def test_the_grading_benchmark_mixes_right_wrong_and_blank_submissions():
     students = grading._submissions(7)
     assert list(students.values()) == ["right", "noscale", "blank", "right", "noscale", "blank", "right"]
     assert len(set(students)) == 7 and grading.WORKERS == (1, 2)
+
+
+def test_the_flash_benchmark_times_a_training_step_against_sdpa(monkeypatch):
+    from course_lib.bench import flash as flash_bench  # noqa: PLC0415
+
+    for name, value in {"TRAINING_LENGTHS": "64", "HEADS": "2"}.items():
+        monkeypatch.setenv(f"FLASH_BENCH_{name}", value)
+    rows = flash_bench._training_table(torch.device("cpu"))
+    assert {(r["candidate"], r["causal"]) for r in rows} == {
+        (name, causal) for name in ("flash (PyTorch tiles) fwd+bwd", "sdpa (default) fwd+bwd") for causal in (False, True)}
+    assert all(r["seconds"] > 0 for r in rows)
+    lines = flash_bench.summarise({"training": rows})
+    assert [line.split(":")[0] for line in lines] == ["training float32 L=64 causal=False", "training float32 L=64 causal=True"]
