@@ -119,11 +119,14 @@ class ReplayWorker:
         self.folder = Path(tempfile.mkdtemp(prefix="course-replay-"))
         for file in _WORKER_FILES:
             shutil.copy(file, self.folder / file.name)
+        # Triton's CPU interpreter, even on a GPU: it compiles nothing, so the worker runs no compiler
+        # (replay_worker.harden refuses every other process), and a kernel's verdict is the same everywhere.
+        environment = {**os.environ, "TRITON_INTERPRET": "1"}
         self.sandbox = Sandbox(self.folder, hidden=[*hidden, COURSE_LIB], readable=environment_paths(),
-                               limits=limits)
+                               limits=limits, environment=environment)
         command = self.sandbox.command([sys.executable, "-I", str(self.folder / "replay_worker.py")])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, cwd=self.folder)
+                                        stderr=subprocess.DEVNULL, cwd=self.folder, env=environment)
         self._reader = concurrent.futures.ThreadPoolExecutor(1)
         self.cell_timeout = cell_timeout
         self.ran = 0  # how many of the notebook's definitions it has run (or skipped)

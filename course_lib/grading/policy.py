@@ -14,11 +14,20 @@ reads the code before it runs: ``refusals(source)`` lists what a cell uses of
 - **dynamic access**: ``eval``, ``exec``, ``compile``, ``getattr``, ``setattr``, ``delattr``,
   ``vars``, ``globals``, ``locals``, ``__import__`` and other dunder names but ``__name__``;
 - **modules** outside ``ALLOWED_MODULES`` (an allowlist: a module that is not on it may be one the
-  student wrote to disk), and the attributes by which libraries hand out the ones that run code
-  elsewhere or see the interpreter's insides (``torch.os``, ``numpy.ctypeslib``, ``torch.library``,
-  ``torch.multiprocessing``, ``torch.compile``, ...).
+  student wrote to disk, or one that turns strings into objects, as ``string.Formatter().get_field``
+  and ``logging.config`` do), and the attributes by which libraries hand out the ones that run code
+  elsewhere, see the interpreter's insides or resolve names (``torch.os``, ``numpy.ctypeslib``,
+  ``torch.library``, ``torch.compile``, ``torch.fx``, ``plt.switch_backend``, ...);
+- **hooks and patches**: special methods other than ``ALLOWED_SPECIAL_METHODS`` (a tensor subclass's
+  ``__torch_dispatch__`` runs inside the guard's own handlers, where its modes are popped),
+  ``type(name, bases, namespace)``, and assignments to attributes of anything but ``self``/``ctx``
+  (patching a library's classes or functions at a cell's top level, where no guard runs).
 
 A graded function needs none of them: the lessons are written in public PyTorch, NumPy and Triton.
+Reading cannot be complete — a library may hold one more way to turn a string into an object — so this
+raises the bar rather than closing the door (a red team's four ways past it, now refused, are tested in
+tests/framework/test_policy.py); the door is closed by running the graded call in a process where the
+refused kernels no longer exist.
 The replay worker adds what reading cannot see (``replay_worker.harden``): no new threads or
 processes, no unpickling and no walking the garbage collector's objects once the notebook's code runs.
 
@@ -37,14 +46,18 @@ from collections.abc import Iterator
 # a refused attribute: ``torch.library``, ``torch.utils.cpp_extension``).
 ALLOWED_MODULES = frozenset({
     "torch", "math", "numpy", "triton", "einops", "typing", "dataclasses", "functools", "itertools",
-    "collections", "random", "time", "enum", "abc", "string", "re", "statistics", "copy", "warnings",
-    "contextlib", "json", "logging", "io", "pathlib", "matplotlib", "ipywidgets", "tqdm", "IPython.display",
-    "course_lib", "__future__",
+    "collections", "random", "time", "course_lib", "__future__",
 })
 # Builtins that reach any attribute, build code from strings, or see a namespace as a dict.
 DYNAMIC_BUILTINS = frozenset({"eval", "exec", "compile", "getattr", "setattr", "delattr", "vars", "globals",
                               "locals", "breakpoint", "memoryview"})
 ALLOWED_DUNDERS = frozenset({"__init__", "__name__", "__version__"})
+# Special methods a student's class may define; others are hooks that libraries call behind the code's
+# back (``__torch_function__``, ``__torch_dispatch__``, ``__del__``, ``__getattr__``, descriptors, ...).
+ALLOWED_SPECIAL_METHODS = frozenset({"__init__", "__post_init__", "__repr__", "__str__", "__len__", "__iter__",
+                                     "__next__", "__getitem__", "__call__", "__enter__", "__exit__"})
+# Roots of the attributes a cell may assign: a method's own object (and an autograd Function's ctx).
+ASSIGNABLE_ROOTS = frozenset({"self", "ctx"})
 # Modules that libraries re-export as attributes (``torch.os``, ``numpy.sys``): each reaches past the guard.
 MODULE_ATTRIBUTES = frozenset({
     "os", "sys", "gc", "ctypes", "ctypeslib", "inspect", "importlib", "builtins", "operator", "subprocess",
@@ -55,7 +68,8 @@ MODULE_ATTRIBUTES = frozenset({
 # PyTorch's and Python's doors to code that runs elsewhere or is built at run time.
 REFUSED_ATTRIBUTES = MODULE_ATTRIBUTES | frozenset({
     "library", "cpp_extension", "load_inline", "hub", "package", "compile", "compiler", "get_type_hints",
-    "ForwardRef", "attrgetter", "methodcaller",
+    "ForwardRef", "attrgetter", "methodcaller", "fx", "CompilationUnit", "switch_backend", "backend_registry",
+    "import_item", "importstring", "import_module", "traitlets", "get_field", "resolve_name", "locate",
     "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "gi_frame", "gi_code", "cr_frame", "cr_code",
     "ag_frame", "ag_code", "tb_frame", "tb_next", "co_code",
 })
@@ -129,6 +143,9 @@ def _refused(tree: ast.AST) -> Iterator[tuple[int, str]]:
             problem = _attribute(node.attr)
             if problem:
                 yield line, problem
+            if isinstance(node.ctx, (ast.Store, ast.Del)) and _root(node) not in ASSIGNABLE_ROOTS:
+                yield line, (f"an assignment to `{ast.unparse(node)}`: a cell changes attributes of its own objects "
+                             "only (`self.` in a method), never of a library's")
         elif isinstance(node, ast.Name):
             if node.id in DYNAMIC_BUILTINS:
                 yield line, f"`{node.id}`, which reaches any attribute or runs code built from strings"
@@ -148,11 +165,24 @@ def _refused(tree: ast.AST) -> Iterator[tuple[int, str]]:
                 problem = _attribute(alias.name) if alias.name != "*" else None
                 if problem:
                     yield line, f"{problem} (from {module})"
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _dunder(node.name):
+            if node.name not in ALLOWED_SPECIAL_METHODS:
+                yield line, f"a method `{node.name}`, a hook that libraries call behind the code's back"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "type" \
+                and len(node.args) == 3:
+            yield line, "`type(name, bases, namespace)`, which builds a class from strings"
         elif isinstance(node, ast.MatchClass):  # `case object(_C=c)` reads an attribute by name
             for name in node.kwd_attrs:
                 problem = _attribute(name)
                 if problem:
                     yield line, problem
+
+
+def _root(node: ast.expr) -> str | None:
+    """The name an attribute chain starts from (``self`` for ``self.linear.weight``), None if not a name."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def _dunder(name: str) -> bool:

@@ -37,6 +37,8 @@ TENSOR = "__tensor__"
 def encode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """A JSON-able form of ``tree``; its tensors go into ``tensors`` under the names it refers to."""
     if isinstance(tree, torch.Tensor):
+        if type(tree) not in (torch.Tensor, torch.nn.Parameter):  # a subclass computes its values when asked
+            raise TypeError(f"a {type(tree).__name__}, a subclass of torch.Tensor: return plain tensors")
         name = f"t{len(tensors)}"
         # A contiguous copy: safetensors refuses strided views and tensors that share memory.
         tensors[name] = tree.detach().cpu().clone(memory_format=torch.contiguous_format)
@@ -197,15 +199,16 @@ def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, 
             peak_bytes = tracked.peak_bytes
         else:
             result = target(*args, **kwargs)
-    out: dict[str, torch.Tensor] = {}
-    answer = {"result": encode(result, out)}
-    if header.get("measure"):
-        answer["peak_bytes"] = peak_bytes
-    if header.get("grad"):
-        renamed = {v: k for k, v in header.get("parameter_names", {}).items()}
-        module = target if header.get("module") else None
-        inputs = gradient_inputs(args, header["input_names"], module, renamed)
-        answer["gradients"] = encode(weighted_gradients(result, inputs), out)
+        # Still under the guard: a result's values and gradients are computed here, never later.
+        out: dict[str, torch.Tensor] = {}
+        answer = {"result": encode(result, out)}
+        if header.get("measure"):
+            answer["peak_bytes"] = peak_bytes
+        if header.get("grad"):
+            renamed = {v: k for k, v in header.get("parameter_names", {}).items()}
+            module = target if header.get("module") else None
+            inputs = gradient_inputs(args, header["input_names"], module, renamed)
+            answer["gradients"] = encode(weighted_gradients(result, inputs), out)
     return answer, out
 
 
@@ -287,42 +290,27 @@ class Refused(RuntimeError):
 
 
 def harden() -> None:
-    """From now on, no new thread, no other process, no unpickling: a thread or a child process runs
-    without PyTorch's modes (the shortcut guard), and unpickling or the garbage collector reach
-    anything. Triton's own compiler, which runs ``ptxas`` on a GPU, is the one caller let through."""
+    """From now on, no new thread, no other process, no unpickling, no walking every live object: a
+    thread or a child process runs without PyTorch's modes (the shortcut guard), and unpickling or the
+    garbage collector reach anything. Triton needs none of these here: the worker runs kernels in
+    Triton's interpreter (``outside.ReplayWorker`` sets TRITON_INTERPRET=1), which compiles nothing."""
     import _thread  # noqa: PLC0415
-    import sysconfig  # noqa: PLC0415
     import threading  # noqa: PLC0415
-
-    spec = importlib.util.find_spec("triton")
-    triton_dirs = tuple(spec.submodule_search_locations or ()) if spec else ()
-    stdlib = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
-
-    def from_triton() -> bool:  # is the first caller outside the standard library Triton's own code?
-        frame = sys._getframe(2)
-        while frame is not None and frame.f_code.co_filename.startswith(stdlib):
-            frame = frame.f_back
-        return frame is not None and bool(triton_dirs) and frame.f_code.co_filename.startswith(triton_dirs)
 
     def hook(event: str, args: tuple) -> None:
         why = REFUSED_EVENTS.get(event)
-        if why is not None and not (event == "subprocess.Popen" and from_triton()):
+        if why is not None:
             raise Refused(f"graded code may not do what {event} does ({why}): the grader's replay refuses it")
 
-    def refusing(start: Any) -> Any:
-        def no_thread(*args: Any, **kwargs: Any) -> Any:
-            if from_triton():
-                return start(*args, **kwargs)
-            raise Refused("graded code may not start a thread: a thread runs without the course's checks")
-
-        return no_thread
+    def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise Refused("graded code may not start a thread: a thread runs without the course's checks")
 
     # Python 3.11-3.12 start threads with start_new_thread, 3.13 with start_joinable_thread.
     for module, names in ((_thread, ("start_new_thread", "start_new", "start_joinable_thread")),
                           (threading, ("_start_new_thread", "_start_joinable_thread"))):
         for name in names:
             if hasattr(module, name):
-                setattr(module, name, refusing(getattr(module, name)))
+                setattr(module, name, no_thread)
     sys.addaudithook(hook)  # for the rest of the process: an audit hook cannot be removed
 
 

@@ -9,7 +9,9 @@ import pytest
 
 pytest.importorskip("safetensors", reason="needs safetensors (the [lab] extra)")
 
-from course_lib.grading import outside, sandbox  # noqa: E402
+import torch  # noqa: E402
+
+from course_lib.grading import outside, replay_worker, sandbox  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
                                 reason=f"no sandbox here: {sandbox.unavailable_reason()}")
@@ -45,3 +47,18 @@ def test_ordinary_code_still_runs(worker):
     source = "import math, torch\nx = torch.ones(3).softmax(-1).sum().item()\nassert math.isclose(x, 1.0)"
     reply, _ = worker.request({"op": "run", "source": source, "label": "ordinary"}, {}, 60)
     assert reply == {"ok": True}
+
+
+def test_kernels_run_in_triton_s_interpreter_there_even_on_a_gpu(worker):
+    reply, _ = worker.request({"op": "run", "source": "import os\nassert os.environ['TRITON_INTERPRET'] == '1'",
+                               "label": "interpreter"}, {}, 60)
+    assert reply == {"ok": True}
+
+
+def test_a_result_that_is_a_tensor_subclass_is_refused():
+    class Later(torch.Tensor):  # computes its values when an operation asks, after the call's guard
+        pass
+
+    with pytest.raises(TypeError, match="a Later, a subclass of torch.Tensor: return plain tensors"):
+        replay_worker.encode((torch.zeros(2), torch.zeros(2).as_subclass(Later)), {})
+    assert replay_worker.encode(torch.nn.Parameter(torch.zeros(2)), {}) == {"__tensor__": "t0"}

@@ -33,6 +33,16 @@ REFUSED = {
     "a frame": ("g = (i for i in ())\ng.gi_frame.f_back", "line 2: `.f_back`"),
     "a pattern that reads an attribute": ("match torch:\n    case object(_C=c):\n        pass",
                                           "line 2: `._C`, a private part"),
+    # What a red team got past the first version of this reading, each passing the outside verdict then:
+    "a tensor subclass's hook": ("class Later(torch.Tensor):\n    @classmethod\n    def __torch_dispatch__(cls, f, t, a=(), k=None):\n"
+                                 "        pass", "line 3: a method `__torch_dispatch__`, a hook that libraries call"),
+    "a library patched at a cell's top level": ("Overload = type(torch.ops.aten.add.default)\nOverload.overloadpacket = None",
+                                                "line 2: an assignment to `Overload.overloadpacket`"),
+    "an attribute of an object of its own": ("out = torch.empty(0)\nout.inputs = (1, 2)", "an assignment to `out.inputs`"),
+    "a string that reaches any attribute": ("import string\nreach = string.Formatter().get_field",
+                                            "line 1: the module `string`, which graded code may not import"),
+    "a resolver reached by attribute": ("x = numpy.get_field", "`.get_field`, which can run code outside"),
+    "a class built from strings": ("Hook = type('Hook', (torch.Tensor,), {})", "`type(name, bases, namespace)`"),
 }
 
 
@@ -52,7 +62,6 @@ from torch import nn
 import numpy as np
 import triton
 import triton.language as tl
-from IPython.display import display
 from course_lib.plots import attention_heatmap
 
 
@@ -60,6 +69,10 @@ class Attention(nn.Module):
     def __init__(self, d):
         super().__init__()
         self.proj = nn.Linear(d, d)
+        self.proj.weight.requires_grad = True
+
+    def __repr__(self):
+        return f"Attention({type(self).__name__})"
 
     def forward(self, x):
         return F.relu(self.proj(x)) / math.sqrt(x.shape[-1])
