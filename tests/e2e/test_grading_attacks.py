@@ -170,5 +170,6 @@ def test_the_record_says_the_kernel_was_sandboxed_and_which_verdict_decided(batc
     record = json.loads((course.root / "grading_records" / FIXTURE / f"x_patch_check_in_module.{FIXTURE}.json").read_text())
     assert record["sandboxed"] is True
     assert record["cells"]["check_attention_weights"]["decided"] == "outside"
-    assert "scale" in record["cells"]["check_attention_weights"]["outside_failure"]
+    # The kernel's check was patched to pass; the grader's reading refused the patch before replaying it.
+    assert "an assignment to `grading.check_attention_weights`" in record["cells"]["check_attention_weights"]["outside_failure"]
     assert record["cells"]["check_softmax"]["decided"] == "both passed"

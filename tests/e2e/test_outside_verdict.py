@@ -70,7 +70,12 @@ def test_a_dense_answer_with_a_patched_tracker_fails_outside(tmp_path, monkeypat
     exec("import math\nimport torch\n" + solution_answers(notebook_path(SOLUTIONS, LESSON))["sliding_window_mask"]
          + "\n" + DENSE_WITH_A_PATCHED_TRACKER, namespace)
     check_sliding_window_attention(namespace["sliding_window_attention"])  # the kernel is fooled ...
-    verdict = _verdict(_notebook(DENSE_WITH_A_PATCHED_TRACKER), tmp_path)  # ... the outside verdict is not
+    verdict = _verdict(_notebook(DENSE_WITH_A_PATCHED_TRACKER), tmp_path)  # ... the grader's reading is not
+    assert verdict.failure is not None and verdict.failure.kind == "refused", verdict
+    assert "an assignment to `course_lib.memory.track_live_memory`" in verdict.failure.problem
+    # and without the patch, the worker measures the dense answer's memory itself
+    dense = DENSE_WITH_A_PATCHED_TRACKER[DENSE_WITH_A_PATCHED_TRACKER.index("def sliding_window_attention"):]
+    verdict = _verdict(_notebook(dense), tmp_path)
     assert verdict.failure is not None and verdict.failure.kind == "behaviour", verdict
     assert "MiB alive at once" in verdict.failure.problem
 
@@ -109,7 +114,12 @@ def test_lesson_01s_decoding_loops_are_judged_outside(tmp_path):
     answers["greedy_decode"] = GREEDY_THAT_NEVER_STOPS_WITH_A_PATCHED_CHECK
     cheated = outside.verify_notebook(answered(nbformat.read(source, as_version=4), answers), secret="a test secret",
                                       exercises=EXERCISES, hidden=[tmp_path], cell_timeout=60)["check_greedy_decode"]
-    assert cheated.failure is not None and cheated.failure.mistake.startswith("decoding does not stop at <eos>")
+    assert cheated.failure is not None and cheated.failure.kind == "refused", cheated  # the patch, read
+    never_stops = GREEDY_THAT_NEVER_STOPS_WITH_A_PATCHED_CHECK
+    answers["greedy_decode"] = never_stops[never_stops.index("def greedy_decode"):]  # the loop alone, replayed
+    wrong = outside.verify_notebook(answered(nbformat.read(source, as_version=4), answers), secret="a test secret",
+                                    exercises=EXERCISES, hidden=[tmp_path], cell_timeout=60)["check_greedy_decode"]
+    assert wrong.failure is not None and wrong.failure.mistake.startswith("decoding does not stop at <eos>"), wrong
 
 
 # Lesson 08's Triton step is a piece of a kernel: the replay worker runs it inside its own copy of the
@@ -150,8 +160,11 @@ def test_lesson_08s_triton_step_is_judged_outside(tmp_path):
     solved = verdict(None)
     assert solved.failure is None and set(solved.decided_by) == {"flash_block_step: outside"}, solved
     cheated = verdict(STEP_WITHOUT_RESCALING_AND_A_PATCHED_CHECK)
-    assert cheated.failure is not None, cheated
-    assert cheated.failure.mistake == "the accumulated output is not rescaled by exp(m_old - m_new)", cheated
+    assert cheated.failure is not None and cheated.failure.kind == "refused", cheated  # the patch, read
+    step = STEP_WITHOUT_RESCALING_AND_A_PATCHED_CHECK
+    wrong = verdict(step[step.index("@triton.jit"):])  # the step alone, run in the worker's skeleton
+    assert wrong.failure is not None, wrong
+    assert wrong.failure.mistake == "the accumulated output is not rescaled by exp(m_old - m_new)", wrong
     plain = verdict(PLAIN_PYTHON_STEP)
     assert plain.failure is not None and "is not a Triton kernel function" in plain.failure.problem, plain
 
