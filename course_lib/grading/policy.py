@@ -20,7 +20,7 @@ reads the code before it runs: ``refusals(source)`` lists what a cell uses of
   ``torch.library``, ``torch.compile``, ``torch.fx``, ``plt.switch_backend``, ...);
 - **hooks and patches**: special methods other than ``ALLOWED_SPECIAL_METHODS`` (a tensor subclass's
   ``__torch_dispatch__`` runs inside the guard's own handlers, where its modes are popped),
-  ``type(name, bases, namespace)``, and assignments to attributes of anything but ``self``/``ctx``
+  ``type`` other than as ``type(x)``, metaclasses, ``make_dataclass``, and assignments to attributes of anything but ``self``/``ctx``
   (patching a library's classes or functions at a cell's top level, where no guard runs).
 
 A graded function needs none of them: the lessons are written in public PyTorch, NumPy and Triton.
@@ -70,6 +70,7 @@ REFUSED_ATTRIBUTES = MODULE_ATTRIBUTES | frozenset({
     "library", "cpp_extension", "load_inline", "hub", "package", "compile", "compiler", "get_type_hints",
     "ForwardRef", "attrgetter", "methodcaller", "fx", "CompilationUnit", "switch_backend", "backend_registry",
     "import_item", "importstring", "import_module", "traitlets", "get_field", "resolve_name", "locate",
+    "make_dataclass",
     "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "gi_frame", "gi_code", "cr_frame", "cr_code",
     "ag_frame", "ag_code", "tb_frame", "tb_next", "co_code",
 })
@@ -146,8 +147,13 @@ def _refused(tree: ast.AST) -> Iterator[tuple[int, str]]:
             if isinstance(node.ctx, (ast.Store, ast.Del)) and _root(node) not in ASSIGNABLE_ROOTS:
                 yield line, (f"an assignment to `{ast.unparse(node)}`: a cell changes attributes of its own objects "
                              "only (`self.` in a method), never of a library's")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "type":
+            if len(node.args) != 1 or node.keywords:
+                yield line, "`type(name, bases, namespace)`, which builds a class from a dict of strings"
         elif isinstance(node, ast.Name):
-            if node.id in DYNAMIC_BUILTINS:
+            if node.id == "type" and not _called_with_one_argument(node, tree):
+                yield line, "`type` other than as `type(x)`: as `type(name, bases, namespace)` it builds a class"
+            elif node.id in DYNAMIC_BUILTINS:
                 yield line, f"`{node.id}`, which reaches any attribute or runs code built from strings"
             elif _dunder(node.id) and node.id not in ALLOWED_DUNDERS:
                 yield line, f"`{node.id}`, the interpreter's own machinery"
@@ -168,14 +174,19 @@ def _refused(tree: ast.AST) -> Iterator[tuple[int, str]]:
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _dunder(node.name):
             if node.name not in ALLOWED_SPECIAL_METHODS:
                 yield line, f"a method `{node.name}`, a hook that libraries call behind the code's back"
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "type" \
-                and len(node.args) == 3:
-            yield line, "`type(name, bases, namespace)`, which builds a class from strings"
+        elif isinstance(node, ast.ClassDef) and any(k.arg == "metaclass" for k in node.keywords):
+            yield line, f"a metaclass for `{node.name}`, which builds a class from a dict of strings"
         elif isinstance(node, ast.MatchClass):  # `case object(_C=c)` reads an attribute by name
             for name in node.kwd_attrs:
                 problem = _attribute(name)
                 if problem:
                     yield line, problem
+
+
+def _called_with_one_argument(name: ast.Name, tree: ast.AST) -> bool:
+    """Whether ``name`` is the function of a call ``name(x)`` somewhere in ``tree``."""
+    return any(isinstance(node, ast.Call) and node.func is name and len(node.args) == 1 and not node.keywords
+               for node in ast.walk(tree))
 
 
 def _root(node: ast.expr) -> str | None:

@@ -43,6 +43,10 @@ REFUSED = {
                                             "line 1: the module `string`, which graded code may not import"),
     "a resolver reached by attribute": ("x = numpy.get_field", "`.get_field`, which can run code outside"),
     "a class built from strings": ("Hook = type('Hook', (torch.Tensor,), {})", "`type(name, bases, namespace)`"),
+    "type under another name": ("make = type\nHook = make('Hook', (torch.Tensor,), {})", "line 1: `type` other than"),
+    "a metaclass": ("class Hook(torch.Tensor, metaclass=builder):\n    pass", "a metaclass for `Hook`"),
+    "a dataclass built from a dict": ("import dataclasses\nH = dataclasses.make_dataclass('H', [], namespace={})",
+                                      "`.make_dataclass`"),
 }
 
 
