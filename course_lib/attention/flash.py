@@ -231,6 +231,7 @@ class _FlashAttention(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         q, k, v, out, lse = ctx.saved_tensors
         is_causal, scale, block_size, window = ctx.options
+
         def tiles() -> tuple[torch.Tensor, ...]:
             return _backward_torch(q, k, v, out, lse, grad_out, is_causal, scale, block_size, window)
 

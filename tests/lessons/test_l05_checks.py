@@ -21,6 +21,7 @@ from course_lib.grading import (
 )
 from course_lib.grading import l05_scaled_dot_product as lesson
 from course_lib.grading import policy as grading_policy
+from failing import check_fails as _fails
 
 HIDDEN_SEEDS = tuple(range(1, 21))  # the notebooks use a few; verdicts must hold for any
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -183,19 +184,9 @@ def test_a_secret_salt_makes_the_hidden_cases_unknowable(on_cpu, monkeypatch, ca
 # --- the mistakes students make, written as they write them, fail with their names ---------------
 
 
-def _fails(check, fn, *words, **kwargs):
-    with pytest.raises(AssertionError) as info:
-        check(fn, **kwargs)
-    message = str(info.value)
-    for word in words:
-        assert word in message, message
-    assert "Traceback" not in message
-    return info.value
-
-
 def _named(check, fn, mistake, **kwargs):
     """The check fails ``fn`` and names ``mistake`` (its Failure's field, not parsed prose)."""
-    failure = _fails(check, fn, **kwargs).failure
+    failure = _fails(check, fn, **kwargs)
     assert failure.mistake == mistake, failure.message
     return failure
 
@@ -280,7 +271,7 @@ def test_a_float_mask_treated_as_boolean_is_named():
 
 
 def test_inverting_a_float_mask_gets_a_hint():
-    failure = _fails(check_attention_weights, _weights(mask_style="invert_everything")).failure
+    failure = _fails(check_attention_weights, _weights(mask_style="invert_everything"))
     assert failure.case == "float (additive) mask" and failure.kind == "exception"
     assert "`~` only works on a boolean mask" in failure.hint
 
@@ -316,7 +307,7 @@ def test_transposing_the_wrong_dimensions_gets_a_hint(scores, words):
         f"    scores = {scores} / math.sqrt(q.shape[-1])\n"
         "    return torch.softmax(scores, dim=-1)\n"
     )
-    failure = _fails(check_attention_weights, cell["attention_weights"]).failure
+    failure = _fails(check_attention_weights, cell["attention_weights"])
     assert failure.kind == "exception" and words in failure.hint, failure.message
 
 
@@ -337,7 +328,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale
 def test_a_wrong_softmax_is_blamed_in_the_functions_that_call_it(check):
     """When `softmax` hard-codes dim=0 and the functions that call it are right, is `softmax` blamed?"""
     cell = _notebook(SOFTMAX_WITH_DIM_0)
-    failure = _fails(check, cell[check.__name__.removeprefix("check_")], "your `softmax`", "fails its own check").failure
+    failure = _fails(check, cell[check.__name__.removeprefix("check_")], "your `softmax`", "fails its own check")
     assert failure.kind == "dependency" and failure.blamed == "softmax"  # also through attention_weights
     assert failure.mistake == "ignores `dim` and always normalises along the first axis (dim=0 written in)"
     assert "softmax over the query axis" not in failure.message
@@ -351,7 +342,7 @@ def test_an_unfinished_helper_is_blamed_not_the_function_being_checked():
     def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None):
         return softmax(q @ k.transpose(-2, -1))
 
-    failure = _fails(check_attention_weights, attention_weights, "your `softmax`", "still raises NotImplementedError").failure
+    failure = _fails(check_attention_weights, attention_weights, "your `softmax`", "still raises NotImplementedError")
     assert failure.blamed == "softmax"
 
 
@@ -367,7 +358,7 @@ def test_output_cut_off_from_autograd(on_cpu):
     def sdpa(q, k, v, attn_mask=None, is_causal=False, scale=None):
         return torch.tensor(sdpa_einsum(q, k, v, attn_mask, is_causal, scale).tolist(), dtype=q.dtype)
 
-    failure = _fails(check_scaled_dot_product_attention, sdpa, "cut off from autograd").failure
+    failure = _fails(check_scaled_dot_product_attention, sdpa, "cut off from autograd")
     assert failure.mistake is None
 
 
@@ -382,7 +373,7 @@ def test_float32_arithmetic_on_float64_inputs_gets_a_precision_hint():
     def softmax(x, dim=-1):
         return softmax_torch_where(x.float(), dim).to(x.dtype)
 
-    message = str(_fails(check_softmax, softmax, "is float32 rounding"))
+    message = _fails(check_softmax, softmax, "is float32 rounding").message
     expected, got = re.search(r"expected ([\d.e-]+), got ([\d.e-]+)", message).groups()
     assert expected != got  # enough digits to see the difference
 
@@ -420,7 +411,7 @@ def _aten_sdpa(q, k, v, attn_mask=None, is_causal=False, scale=None):
     ],
 )
 def test_shortcuts_are_refused(check, fn, word):
-    failure = _fails(check, fn, "write the computation yourself").failure
+    failure = _fails(check, fn, "write the computation yourself")
     assert failure.kind == "shortcut" and word in failure.problem
 
 
@@ -432,10 +423,10 @@ PRIVATE_ROUTES = {
 
 @pytest.mark.parametrize("word", list(PRIVATE_ROUTES))
 def test_private_routes_are_refused_by_reading_and_by_the_guard_underneath(word, monkeypatch):
-    failure = _fails(check_softmax, PRIVATE_ROUTES[word], "a private part of a library").failure
+    failure = _fails(check_softmax, PRIVATE_ROUTES[word], "a private part of a library")
     assert failure.kind == "refused"
     monkeypatch.setattr(grading_policy, "function_refusals", lambda fn: [])  # as if the reading had missed it
-    failure = _fails(check_softmax, PRIVATE_ROUTES[word], "write the computation yourself").failure
+    failure = _fails(check_softmax, PRIVATE_ROUTES[word], "write the computation yourself")
     assert failure.kind == "shortcut" and word in failure.problem
 
 
