@@ -13,7 +13,9 @@ from course_lib.shortcuts import Forbidden
 
 _SDPA = "it is PyTorch's scaled dot-product attention"
 
-# PyTorch's SDPA, as a function and as the ATen operators behind it (called through torch.ops.aten).
+# PyTorch's SDPA, as a function and as every ATen operator that computes attention (called through
+# torch.ops.aten, or on a path the function mode does not see): SDPA's own kernels, the fused kernels
+# below them, and the multi-head and encoder-layer kernels, which are SDPA with identity projections.
 # _safe_softmax is private to SDPA's math path: a student's own softmax never reaches it.
 PYTORCH_SDPA = Forbidden(
     functions={F.scaled_dot_product_attention: _SDPA},
@@ -22,17 +24,27 @@ PYTORCH_SDPA = Forbidden(
         for name in (
             "scaled_dot_product_attention",
             "_scaled_dot_product_attention_math",
+            "_scaled_dot_product_attention_math_for_mps",
             "_scaled_dot_product_flash_attention",
             "_scaled_dot_product_flash_attention_for_cpu",
             "_scaled_dot_product_efficient_attention",
             "_scaled_dot_product_cudnn_attention",
             "_scaled_dot_product_fused_attention_overrideable",
+            "_flash_attention_forward",
+            "_flash_attention_forward_no_dropout_inplace",
+            "_efficient_attention_forward",
+            "_cudnn_attention_forward",
+            "_triton_scaled_dot_attention",
+            "_triton_multi_head_attention",
+            "_native_multi_head_attention",
+            "_transformer_encoder_layer_fwd",
             "_safe_softmax",
         )
     },
 )
 
-# Every route to a softmax that PyTorch offers: the functions, the methods, and their ATen operators.
+# Every route to a softmax that PyTorch offers: the functions, the methods, and their ATen operators
+# (sparse, nested and masked tensors included).
 SOFTMAX_ROUTES = Forbidden(
     functions={
         torch.softmax: "it is softmax",
@@ -47,7 +59,12 @@ SOFTMAX_ROUTES = Forbidden(
         F.gumbel_softmax: "it is a softmax",
         F.softmin: "softmin(-x) is softmax",
     },
-    operators={"_softmax": "it is softmax", "_log_softmax": "exp(log_softmax) is softmax"},
+    operators={
+        **dict.fromkeys(("softmax", "_softmax", "special_softmax", "_masked_softmax", "_sparse_softmax",
+                         "_nested_tensor_softmax_with_shape"), "it is softmax"),
+        **dict.fromkeys(("log_softmax", "_log_softmax", "special_log_softmax", "_sparse_log_softmax"),
+                        "exp(log_softmax) is softmax"),
+    },
 )
 
 # PyTorch's FlexAttention: a block mask of a sliding window makes it the whole answer of lesson 07.

@@ -25,6 +25,7 @@ import ast
 import concurrent.futures
 import hashlib
 import hmac
+import json
 import os
 import shutil
 import subprocess
@@ -117,7 +118,7 @@ class WorkerEnded(RuntimeError):
 class ReplayWorker:
     """A sandboxed interpreter that runs a notebook's code up to a point, ready for calls there."""
 
-    def __init__(self, *, hidden: list[Path], limits: Limits, cell_timeout: float):
+    def __init__(self, *, refused: dict[str, dict[str, str]], hidden: list[Path], limits: Limits, cell_timeout: float):
         self.folder = Path(tempfile.mkdtemp(prefix="course-replay-"))
         for file in _WORKER_FILES:
             shutil.copy(file, self.folder / file.name)
@@ -126,7 +127,8 @@ class ReplayWorker:
         environment = {**os.environ, "TRITON_INTERPRET": "1"}
         self.sandbox = Sandbox(self.folder, hidden=[*hidden, COURSE_LIB], readable=environment_paths(),
                                limits=limits, environment=environment)
-        command = self.sandbox.command([sys.executable, "-I", str(self.folder / "replay_worker.py")])
+        # The floor (``floor.lay``) is laid from the first argument before any of the notebook's code runs.
+        command = self.sandbox.command([sys.executable, "-I", str(self.folder / "replay_worker.py"), json.dumps(refused)])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=self.folder, env=environment)
         self._reader = concurrent.futures.ThreadPoolExecutor(1)
@@ -184,7 +186,7 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
     refused = _refused_cells(nb)
     verdicts: dict[str, CellVerdict] = {}
     skip: set[str] = set()
-    worker: ReplayWorker | None = None
+    workers: dict[str, ReplayWorker] = {}  # one per set of refusals: each worker's floor is laid at its start
     options = {"hidden": hidden, "limits": limits, "cell_timeout": cell_timeout}
     try:
         for index, cell in enumerate(nb.cells):
@@ -202,15 +204,24 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
                 if exercise is None:
                     verdict.decided_by.append(f"{call.exercise}: in-kernel only (no such exercise)")
                     continue
-                worker, skip = _worker_at(worker, cells, index, skip, options)
-                failure, decided = _verify_call(worker, exercise, call, secret)
+                shortcuts = torch_shortcuts(exercise)
+                key = json.dumps(shortcuts, sort_keys=True)
+                workers[key], skip = _worker_at(workers.get(key), cells, index, skip, {**options, "refused": shortcuts})
+                failure, decided = _verify_call(workers[key], exercise, call, secret)
                 verdict.decided_by.append(f"{call.exercise}: {decided}")
                 if failure and verdict.failure is None:
                     verdict.failure = failure
     finally:
-        if worker is not None:
+        for worker in workers.values():
             worker.close()
     return verdicts
+
+
+def torch_shortcuts(exercise: Exercise) -> dict[str, dict[str, str]]:
+    """What the exercise refuses of PyTorch, by name, as the worker's floor takes it: ATen operators
+    and PyTorch's functions (course_lib's references need nothing: course_lib is not importable there)."""
+    return {"operators": dict(exercise.forbidden.operators),
+            "functions": {resolve_name(f) or str(f): why for f, why in exercise.forbidden.functions.items()}}
 
 
 def _refused_cells(nb: Any) -> list[tuple[int, str]]:
@@ -272,8 +283,6 @@ def _call_header(exercise: Exercise, function: str, device: torch.device, tensor
             "op": "call", "name": function, "device": str(device), "module": bool(exercise.module),
             "args": replay_worker.encode(tuple(args), tensors), "kwargs": replay_worker.encode(dict(kwargs), tensors),
             "grad": bool(case and case.check_gradients), "input_names": framework._input_names(exercise),
-            "functions": {resolve_name(f) or str(f): why for f, why in exercise.forbidden.functions.items()},
-            "operators": dict(exercise.forbidden.operators),
         }
         if exercise.adapt_outside is not None:
             module, function, options = exercise.adapt_outside

@@ -4,8 +4,9 @@ calls its graded functions on inputs the grader sends; only plain data and tenso
 It is the outside half of grading (``course_lib.grading.outside`` is the grader's half). It runs as
 a script (``python -I replay_worker.py``), with course_lib *not* importable — the sandbox hides it —
 so a graded function cannot hand the course's own reference answer back. It imports nothing of
-course_lib but the files of ``BESIDE``, copied beside it: ``shortcuts.py`` and ``memory.py`` to
-refuse PyTorch's shortcuts and to measure peak memory, ``toy_decoder.py`` to rebuild the decoder step
+course_lib but the files of ``BESIDE``, copied beside it: ``floor.py`` to take PyTorch's shortcuts out
+of the process before any of the notebook's code runs (the exercise's refusals come as the first
+argument: one worker per set of refusals), ``memory.py`` to measure peak memory, ``toy_decoder.py`` to rebuild the decoder step
 that lesson 01's cases pass, and ``flash_triton.py`` to run lesson 08's Triton step inside its kernel.
 
 Protocol, on the file descriptors it is started with (the student's code gets /dev/null for stdin,
@@ -153,15 +154,6 @@ def weighted_gradients(result: Any, inputs: dict[str, torch.Tensor]) -> dict[str
 # --- the worker -----------------------------------------------------------------------------------
 
 
-def _refusing(functions: dict[str, str], operators: dict[str, str]):  # noqa: ANN202
-    """The shortcut guard of course_lib.shortcuts (copied beside this script), on PyTorch names."""
-    shortcuts = _BESIDE["shortcuts"]
-    from torch.overrides import get_overridable_functions, resolve_name  # noqa: PLC0415
-
-    by_name = {resolve_name(f): f for fs in get_overridable_functions().values() for f in fs}
-    return shortcuts.forbid({by_name[n]: why for n, why in functions.items() if n in by_name}, (), operators)
-
-
 def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     name = header["name"]
     if name not in namespace:
@@ -174,41 +166,40 @@ def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, 
     if header.get("grad"):
         args = tuple(a.detach().clone().requires_grad_(True)
                      if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-    with _refusing(header.get("functions", {}), header.get("operators", {})):
-        if header.get("module"):
-            module = target(**decode(header["init"], tensors))
-            if not isinstance(module, torch.nn.Module):
-                return {"error": "type", "problem": f"{name}(...) did not build an nn.Module"}, {}
-            state = decode(header["state"], tensors)
-            names = header.get("parameter_names", {})
-            dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
-            module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
-            own = dict(module.named_parameters())
-            with torch.no_grad():
-                for ref_name, value in state.items():
-                    own[names.get(ref_name, ref_name)].copy_(value)
-            target = module
-        if header.get("adapt"):
-            module_name, function, options = header["adapt"]
-            if (module_name, function) not in ADAPTERS:  # a fixed table: nothing else is ever called
-                raise ValueError(f"no adapter {module_name}.{function}")
-            target = getattr(_beside(module_name), function)(target, **options)
-        if header.get("measure"):
-            with torch.no_grad(), _BESIDE["memory"].track_live_memory() as tracked:
-                result = target(*args, **kwargs)
-            peak_bytes = tracked.peak_bytes
-        else:
+    if header.get("module"):
+        module = target(**decode(header["init"], tensors))
+        if not isinstance(module, torch.nn.Module):
+            return {"error": "type", "problem": f"{name}(...) did not build an nn.Module"}, {}
+        state = decode(header["state"], tensors)
+        names = header.get("parameter_names", {})
+        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+        module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
+        own = dict(module.named_parameters())
+        with torch.no_grad():
+            for ref_name, value in state.items():
+                own[names.get(ref_name, ref_name)].copy_(value)
+        target = module
+    if header.get("adapt"):
+        module_name, function, options = header["adapt"]
+        if (module_name, function) not in ADAPTERS:  # a fixed table: nothing else is ever called
+            raise ValueError(f"no adapter {module_name}.{function}")
+        target = getattr(_beside(module_name), function)(target, **options)
+    if header.get("measure"):
+        with torch.no_grad(), _BESIDE["memory"].track_live_memory() as tracked:
             result = target(*args, **kwargs)
-        # Still under the guard: a result's values and gradients are computed here, never later.
-        out: dict[str, torch.Tensor] = {}
-        answer = {"result": encode(result, out)}
-        if header.get("measure"):
-            answer["peak_bytes"] = peak_bytes
-        if header.get("grad"):
-            renamed = {v: k for k, v in header.get("parameter_names", {}).items()}
-            module = target if header.get("module") else None
-            inputs = gradient_inputs(args, header["input_names"], module, renamed)
-            answer["gradients"] = encode(weighted_gradients(result, inputs), out)
+        peak_bytes = tracked.peak_bytes
+    else:
+        result = target(*args, **kwargs)
+    # Here, not later: a result's values and gradients are computed before the reply is written.
+    out: dict[str, torch.Tensor] = {}
+    answer = {"result": encode(result, out)}
+    if header.get("measure"):
+        answer["peak_bytes"] = peak_bytes
+    if header.get("grad"):
+        renamed = {v: k for k, v in header.get("parameter_names", {}).items()}
+        module = target if header.get("module") else None
+        inputs = gradient_inputs(args, header["input_names"], module, renamed)
+        answer["gradients"] = encode(weighted_gradients(result, inputs), out)
     return answer, out
 
 
@@ -237,14 +228,15 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
         except BaseException as error:  # noqa: BLE001 - the student's code may raise anything, SystemExit too
             last = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
             where = f" (line {last[0].lineno})" if last else ""
-            shortcut = type(error).__name__ == "ShortcutUsed"
+            # The floor's refusals say so, whether PyTorch passes them on as they are or wraps them.
+            shortcut = _BESIDE["floor"].MARK in str(error)
             write_message(replies, {"error": "shortcut" if shortcut else "exception",
                                     "problem": f"{type(error).__name__}{where}: {error}"})
 
 
 # The files of course_lib copied beside this script (they import nothing of course_lib): name -> module.
 BESIDE = {
-    "shortcuts": "course_lib.shortcuts",
+    "floor": "course_lib.grading.floor",
     "memory": "course_lib.memory",
     "toy_decoder": "course_lib.grading.toy_decoder",
     "flash_triton": "course_lib.attention.flash_triton",
@@ -276,29 +268,75 @@ def _load_beside(name: str) -> Any:
 # --- what reading the code cannot see (see course_lib.grading.policy) ------------------------------
 
 # Audit events refused once the notebook's code runs: other processes (which would run without the
-# shortcut guard), unpickling (it calls any importable function by name) and walking every live object.
+# floor's Python half), unpickling (it calls any importable function by name), walking every live
+# object (it would reach the floor's handles), and ctypes (it reads and writes any memory).
 REFUSED_EVENTS = {
     "os.fork": "starts a process", "os.forkpty": "starts a process", "os.system": "runs a program",
     "os.exec": "runs a program", "os.posix_spawn": "runs a program", "os.spawn": "runs a program",
     "subprocess.Popen": "runs a program", "pickle.find_class": "unpickles", "gc.get_objects": "walks live objects",
     "gc.get_referrers": "walks live objects", "gc.get_referents": "walks live objects",
 }
+REFUSED_EVENT_PREFIXES = {"ctypes.": "reaches memory through ctypes"}
+REFUSED_EVENTS["sys.addaudithook"] = "watches what the grader's replay runs"
+# torch's own files: running one again (importlib.reload, runpy) would bring back what the floor took out.
+TORCH_FOLDER = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+# Loaded before the floor is laid, so that a graded function's first call does not wait for them.
+PRELOADED = ("torch._dynamo", "torch.nn.functional", "torch.testing", "numpy", "einops", "triton", "triton.language")
 
 
 class Refused(RuntimeError):
     """Something the replay worker does not let a notebook's code do."""
 
 
-def harden() -> None:
-    """From now on, no new thread, no other process, no unpickling, no walking every live object: a
-    thread or a child process runs without PyTorch's modes (the shortcut guard), and unpickling or the
-    garbage collector reach anything. Triton needs none of these here: the worker runs kernels in
-    Triton's interpreter (``outside.ReplayWorker`` sets TRITON_INTERPRET=1), which compiles nothing."""
+def _refusal(event: str, args: tuple) -> str | None:
+    """Why the audit event is refused once the notebook's code runs (None: it is not)."""
+    why = REFUSED_EVENTS.get(event)
+    if why is None:
+        why = next((why for prefix, why in REFUSED_EVENT_PREFIXES.items() if event.startswith(prefix)), None)
+    if why is None and event == "exec" and str(getattr(args[0], "co_filename", "")).startswith(TORCH_FOLDER):
+        why = "runs one of torch's own files again"
+    if why is None and event == "open" and isinstance(args[0], str) and args[0].startswith("/proc/") \
+            and args[0].endswith("/mem"):
+        why = "opens a process's memory"
+    return why
+
+
+def _is_torch(module: Any) -> bool:
+    return isinstance(module, str) and (module == "torch" or module.startswith("torch."))
+
+
+def harden(floor: Any) -> None:
+    """From now on, no new thread, no other process, no unpickling, no walking every live object, no
+    ctypes, no audit hook of the notebook's, and none of torch's files run again: a thread or a child
+    process runs without the floor's Python half, and the others reach around it. A torch module the
+    notebook's code imports is loaded here, by Python's own finders (not the notebook's), and the floor
+    goes through it before the import returns. ``floor`` lives on in the audit hook, which nothing can
+    reach or remove. Triton needs none of these here: the worker runs kernels in Triton's interpreter
+    (``outside.ReplayWorker`` sets TRITON_INTERPRET=1), which compiles nothing."""
     import _thread  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    def hook(event: str, args: tuple) -> None:
-        why = REFUSED_EVENTS.get(event)
+    finders = (list(sys.meta_path), list(sys.path_hooks), dict(sys.path_importer_cache))
+    loading: list[str] = []
+
+    def load_torch_module(name: str) -> None:
+        notebooks = (sys.meta_path, sys.path_hooks, sys.path_importer_cache)
+        sys.meta_path, sys.path_hooks, sys.path_importer_cache = list(finders[0]), list(finders[1]), dict(finders[2])
+        loading.append(name)
+        try:
+            importlib.import_module(name)
+        finally:
+            loading.pop()
+            sys.meta_path, sys.path_hooks, sys.path_importer_cache = notebooks
+        floor.cover_python()
+
+    def hook(event: str, args: tuple, _floor: Any = floor) -> None:  # holding the floor's handles
+        if loading:  # torch's own code, loading a module for the hook below
+            return
+        if event == "import" and _is_torch(args[0]):
+            load_torch_module(args[0])
+            return
+        why = _refusal(event, args)
         if why is not None:
             raise Refused(f"graded code may not do what {event} does ({why}): the grader's replay refuses it")
 
@@ -315,6 +353,8 @@ def harden() -> None:
 
 
 def main() -> None:
+    # The floor's refusals come as the first argument: {"operators": {...}, "functions": {...}}.
+    refused = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"operators": {}, "functions": {}}
     # The protocol keeps its own copies of stdin and stdout; the student's code gets /dev/null.
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb")
@@ -324,7 +364,12 @@ def main() -> None:
     sys.argv = ["replay"]
     for name in BESIDE:  # loaded before any call is timed
         _BESIDE[name] = _load_beside(name)
-    harden()
+    for name in PRELOADED:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            importlib.import_module(name)
+    if torch.cuda.is_available():
+        torch.cuda.init()  # CUDA's first use loads libraries through ctypes, refused once hardened
+    harden(_BESIDE["floor"].Floor(refused["operators"], refused["functions"]))
     serve(requests, replies)
 
 

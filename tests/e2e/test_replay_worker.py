@@ -1,7 +1,9 @@
-"""The replay worker refuses what reading the code cannot see (replay_worker.harden): a notebook's code
-there starts no thread and no process, unpickles nothing and walks no live objects — each of those runs
-without the shortcut guard or reaches past it. These cells are run as they would be if the grader's
-reading (course_lib.grading.policy) had missed them."""
+"""The replay worker refuses what reading the code cannot see. Its floor (course_lib.grading.floor) takes
+an exercise's shortcuts out of the process before the notebook's code runs, so every route to them
+fails, however the code steps around PyTorch's modes; and replay_worker.harden lets that code start no
+thread and no process, unpickle nothing, walk no live objects, use no ctypes and load or re-run none of
+torch's modules — each of those runs without the floor or reaches past it. These cells are run as they
+would be if the grader's reading (course_lib.grading.policy) had missed them."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ pytest.importorskip("safetensors", reason="needs safetensors (the [lab] extra)")
 import torch  # noqa: E402
 
 from course_lib.grading import outside, replay_worker, sandbox  # noqa: E402
+from course_lib.grading.l05_scaled_dot_product import SOFTMAX  # noqa: E402
+from course_lib.grading.l07_sliding_window import SLIDING_WINDOW_ATTENTION  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
                                 reason=f"no sandbox here: {sandbox.unavailable_reason()}")
@@ -24,13 +28,46 @@ REFUSED = {
     "a program": ("import os\nos.system('true')", "os.system"),
     "unpickling": ("import pickle\npickle.loads(pickle.dumps(print))", "pickle.find_class"),
     "the garbage collector's objects": ("import gc\ngc.get_objects()", "gc.get_objects"),
+    "ctypes": ("import ctypes\nctypes.CDLL(None)", "ctypes.dlopen"),
+    "a process's memory": ("open('/proc/self/mem', 'rb')", "opens a process's memory"),
+    "a torch module run again": ("import importlib, torch.nn.functional\nimportlib.reload(torch.nn.functional)",
+                                 "runs one of torch's own files again"),
 }
+
+# Ways to reach a softmax that the in-kernel guard (PyTorch's modes) alone does not stop, each the body of
+# `answer(x)`; the worker's floor refuses every one. The first three got past both verdicts before the floor.
+ESCAPES = {
+    "with PyTorch's modes switched off": (
+        "from torch.utils._python_dispatch import _disable_current_modes\n"
+        "def answer(x):\n    with torch._C.DisableTorchFunction(), _disable_current_modes():\n"
+        "        return torch.softmax(x, -1)"),
+    "inside a dispatch handler": (
+        "from torch.utils._python_dispatch import TorchDispatchMode\n"
+        "class Through(TorchDispatchMode):\n    def __torch_dispatch__(self, func, types, args=(), kwargs=None):\n"
+        "        return func(*args, **(kwargs or {}))\n"
+        "def answer(x):\n    with Through():\n        return torch.ops.aten._softmax(x, -1, False)"),
+    "with the operator's name patched": (
+        "type(torch.ops.aten._softmax.default).overloadpacket = property(lambda self: torch.ops.aten.add)\n"
+        "def answer(x):\n    return torch.ops.aten._softmax(x, -1, False)"),
+    "by a string": ("import string\ndef answer(x):\n    return string.Formatter().get_field('0.softmax', [torch], {})[0](x, -1)"),
+    "PyTorch's Python reference": ("def answer(x):\n    return torch._refs.softmax(x, -1)"),
+    "a decomposition": ("def answer(x):\n    return torch._decomp.decomposition_table[torch.ops.aten._softmax.default](x, -1, False)"),
+    "a sparse tensor": ("def answer(x):\n    return torch.sparse.softmax(x.to_sparse(), -1).to_dense()"),
+    "a masked softmax": ("def answer(x):\n    return torch.masked.softmax(x, -1)"),
+    "the Python dispatcher": ("def answer(x):\n    torch._C._EnablePythonDispatcher()\n    return torch.softmax(x, -1)"),
+    "vmap": ("def answer(x):\n    return torch.vmap(lambda row: row.softmax(-1))(x)"),
+    "TorchScript": ("def soft(x):\n    return torch.softmax(x, -1)\nscripted = torch.jit.script(soft)\n"
+                    "def answer(x):\n    return scripted(x)"),
+    "PyTorch's SDPA": ("import torch.nn.functional as F\ndef answer(x):\n"
+                       "    return F.scaled_dot_product_attention(x[None], torch.eye(x.shape[-1])[None], torch.eye(x.shape[-1])[None])[0]"),
+}
+OWN_SOFTMAX = "def answer(x):\n    e = (x - x.amax(-1, keepdim=True)).exp()\n    return e / e.sum(-1, keepdim=True)"
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
-    started = outside.ReplayWorker(hidden=[tmp_path_factory.mktemp("hidden")], limits=sandbox.Limits(),
-                                   cell_timeout=60)
+    started = outside.ReplayWorker(refused=outside.torch_shortcuts(SOFTMAX), hidden=[tmp_path_factory.mktemp("hidden")],
+                                   limits=sandbox.Limits(), cell_timeout=60)
     yield started
     started.close()
 
@@ -43,8 +80,68 @@ def test_the_worker_refuses(worker, name):
     assert worker.alive
 
 
+def _answer(worker, source: str, label: str) -> dict:
+    """Run ``source`` in the worker, then call its ``answer`` on a 3 x 5 tensor: the reply, with the result."""
+    ran, _ = worker.request({"op": "run", "source": source, "label": label}, {}, 60)
+    assert ran == {"ok": True}, ran
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    tensors: dict[str, torch.Tensor] = {}
+    header = {"op": "call", "name": "answer", "device": "cpu", "module": False, "grad": False, "input_names": ["x"],
+              "args": replay_worker.encode((x,), tensors), "kwargs": replay_worker.encode({}, tensors)}
+    reply, out = worker.request(header, tensors, 60)
+    if "result" in reply:
+        reply["result"] = replay_worker.decode(reply["result"], out)
+        assert torch.allclose(reply["result"], torch.softmax(x, -1))  # it did compute the answer
+    return reply
+
+
+@pytest.mark.parametrize("name", list(ESCAPES))
+def test_the_floor_refuses_every_route_to_a_shortcut(worker, name):
+    reply = _answer(worker, ESCAPES[name], name)
+    assert reply.get("error") == "shortcut" and "your function called" in reply["problem"], reply
+    assert worker.alive
+
+
+def test_the_floor_leaves_a_student_s_own_softmax_alone(worker):
+    reply = _answer(worker, OWN_SOFTMAX, "own softmax")
+    assert "error" not in reply, reply
+
+
+def test_a_torch_module_loaded_again_gets_no_fresh_copy(worker):
+    source = "import sys, torch\ndel sys.modules['torch._refs']\nimport torch._refs"
+    reply, _ = worker.request({"op": "run", "source": source, "label": "again"}, {}, 60)
+    assert reply.get("error") == "exception" and "duplicate registrations" in reply["problem"], reply
+    assert _answer(worker, "def answer(x):\n    return torch._refs.softmax(x, -1)", "refs")["error"] == "shortcut"
+
+
+def test_a_torch_module_loaded_later_is_covered_before_the_import_returns(tmp_path):
+    flex = outside.torch_shortcuts(SLIDING_WINDOW_ATTENTION)  # lesson 07 refuses FlexAttention; the worker has not loaded it
+    started = outside.ReplayWorker(refused=flex, hidden=[tmp_path], limits=sandbox.Limits(), cell_timeout=60)
+    try:
+        source = ("import torch\nfrom torch.nn.attention.flex_attention import flex_attention\n"
+                  "def answer(q, k, v, window):\n    return flex_attention(q, k, v)")
+        ran, _ = started.request({"op": "run", "source": source, "label": "flex"}, {}, 120)
+        assert ran == {"ok": True}, ran
+        tensors: dict[str, torch.Tensor] = {}
+        q = torch.randn(1, 1, 8, 4)
+        header = {"op": "call", "name": "answer", "device": "cpu", "module": False, "grad": False,
+                  "input_names": ["q", "k", "v", "window"],
+                  "args": replay_worker.encode((q, q, q, (2, 0)), tensors), "kwargs": replay_worker.encode({}, tensors)}
+        reply, _ = started.request(header, tensors, 120)
+        assert reply.get("error") == "shortcut" and "flex_attention" in reply["problem"], reply
+    finally:
+        started.close()
+
+
+def test_the_notebook_cannot_watch_what_the_worker_runs(worker):
+    source = ("import sys, json\nseen = []\nsys.addaudithook(lambda event, args: seen.append(event))\n"
+              "import email.utils\nassert not seen, seen")  # the hook was refused (silently, as Python does)
+    reply, _ = worker.request({"op": "run", "source": source, "label": "audit hook"}, {}, 60)
+    assert reply == {"ok": True}, reply
+
+
 def test_ordinary_code_still_runs(worker):
-    source = "import math, torch\nx = torch.ones(3).softmax(-1).sum().item()\nassert math.isclose(x, 1.0)"
+    source = "import math, torch\nx = torch.ones(3).exp().sum().item()\nassert math.isclose(x, 3 * math.e, rel_tol=1e-6)"
     reply, _ = worker.request({"op": "run", "source": source, "label": "ordinary"}, {}, 60)
     assert reply == {"ok": True}
 
