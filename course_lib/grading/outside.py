@@ -14,9 +14,10 @@ What is not replayed here is said in the grading record, never silently passed: 
 adapt what the student passes without saying how the worker does it (``Exercise.adapt_outside``;
 lesson 08's Triton step says: the worker runs it in a copy of the skeleton kernel) and cases whose
 inputs are not tensors or plain data. Behaviours run here too, peak memory included: it is measured
-in the worker, where the notebook's kernel (and whatever it patched there) is not. Before any of it,
-the student's cells are read (``policy``): a grade cell below one that could switch the checks off
-fails without being replayed.
+in the worker, where the notebook's kernel (and whatever it patched there) is not. Each set of
+refusals (``torch_shortcuts``) has its own worker, whose floor (``floor.Floor``) takes those shortcuts
+out of its process before the notebook's code runs. Before any of it, the student's cells are read
+(``policy``): a grade cell below one that could switch the checks off fails without being replayed.
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ reads the code before it runs: ``refusals(source)`` lists what a cell uses of
 A graded function needs none of them: the lessons are written in public PyTorch, NumPy and Triton.
 Reading cannot be complete — a library may hold one more way to turn a string into an object — so this
 raises the bar rather than closing the door (a red team's four ways past it, now refused, are tested in
-tests/framework/test_policy.py); the door is closed by running the graded call in a process where the
-refused kernels no longer exist.
-The replay worker adds what reading cannot see (``replay_worker.harden``): no new threads or
-processes, no unpickling and no walking the garbage collector's objects once the notebook's code runs.
+tests/framework/test_policy.py). The outside verdict does not rest on it: the replay worker runs the
+graded call in a process where the refused kernels no longer exist (``floor``), and refuses what
+reading cannot see (``replay_worker.harden``): threads, processes, unpickling, walking the garbage
+collector's objects, ctypes. Reading is the first wall, and the one that explains itself.
 
 Only the cells the student controls are read (answer cells and cells they added; ``student_cells``);
 nbgrader restores the instructor's locked cells before grading.

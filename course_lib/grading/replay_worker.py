@@ -4,10 +4,11 @@ calls its graded functions on inputs the grader sends; only plain data and tenso
 It is the outside half of grading (``course_lib.grading.outside`` is the grader's half). It runs as
 a script (``python -I replay_worker.py``), with course_lib *not* importable — the sandbox hides it —
 so a graded function cannot hand the course's own reference answer back. It imports nothing of
-course_lib but the files of ``BESIDE``, copied beside it: ``floor.py`` to take PyTorch's shortcuts out
-of the process before any of the notebook's code runs (the exercise's refusals come as the first
-argument: one worker per set of refusals), ``memory.py`` to measure peak memory, ``toy_decoder.py`` to rebuild the decoder step
-that lesson 01's cases pass, and ``flash_triton.py`` to run lesson 08's Triton step inside its kernel.
+course_lib but the files of ``BESIDE``, copied beside it: ``floor.py`` to take PyTorch's shortcuts
+out of the process before any of the notebook's code runs (the refusals come as the first argument:
+one worker per set of them), ``memory.py`` to measure peak memory, ``toy_decoder.py`` to rebuild the
+decoder step that lesson 01's cases pass, and ``flash_triton.py`` to run lesson 08's Triton step
+inside its kernel.
 
 Protocol, on the file descriptors it is started with (the student's code gets /dev/null for stdin,
 stdout and stderr): each message is a JSON header line, then (for messages with tensors) a

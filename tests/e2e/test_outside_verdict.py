@@ -209,3 +209,57 @@ def test_the_outside_verdicts_are_the_same_on_cuda_and_on_the_cpu(tmp_path, monk
     assert found["cpu", "solved"] == found["cuda", "solved"] == dict.fromkeys(found["cpu", "solved"])
     assert found["cpu", "no scale"] == found["cuda", "no scale"]
     assert found["cuda", "no scale"]["check_attention_weights"] is not None
+
+
+# What the red team got past both verdicts before the worker had its floor (the reading refuses each, so
+# here the reading is switched off): SDPA called inside a dispatch handler, where the guard's modes are
+# popped; the guard misled by a patched operator name; a string turned into PyTorch's SDPA; and the guard's
+# modes switched off. The worker's floor took SDPA out of its process, so each fails outside as a shortcut.
+ESCAPES_WITHOUT_THE_READING = {
+    "inside a dispatch handler": '''from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class Through(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    with Through():
+        return torch.ops.aten.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+''',
+    "with the operator's name patched": '''type(torch.ops.aten.add.default).overloadpacket = property(lambda self: torch.ops.aten.add)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return torch.ops.aten.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+''',
+    "by a string": '''import string
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    sdpa = string.Formatter().get_field("0.nn.functional.scaled_dot_product_attention", [torch], {})[0]
+    return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+''',
+    "with the guard's modes off": '''from torch.utils._python_dispatch import _disable_current_modes
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    with torch._C.DisableTorchFunction(), _disable_current_modes():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+''',
+}
+
+
+def test_without_the_reading_the_worker_s_floor_still_refuses_the_red_team_s_escapes(tmp_path, monkeypatch):
+    monkeypatch.setattr(outside, "_refused_cells", lambda nb: [])  # as if the reading had missed them all
+    source = notebook_path(SOLUTIONS, "05_scaled_dot_product")
+    for name, escape in ESCAPES_WITHOUT_THE_READING.items():
+        answers = solution_answers(source)
+        answers["scaled_dot_product_attention"] = escape
+        verdict = outside.verify_notebook(answered(nbformat.read(source, as_version=4), answers),
+                                          secret="a test secret", exercises=EXERCISES, hidden=[tmp_path],
+                                          cell_timeout=60)["check_scaled_dot_product_attention"]
+        failure = verdict.failure
+        assert failure is not None and failure.kind == "shortcut", (name, verdict)
+        assert "scaled_dot_product_attention" in failure.problem, (name, failure.problem)
