@@ -127,10 +127,11 @@ def _resolve(name: str) -> Any:
 
 def _python_implementations(aten: dict[str, str], operators: dict[str, str],
                             functions: dict[str, str]) -> Iterator[tuple[types.FunctionType, str]]:
-    """PyTorch's Python functions that compute a refused operator or are a refused function: the
-    refused functions themselves, the decompositions and Python kernels registered for the operators,
-    the functions of torch's modules named after an operator (``torch._refs.softmax``), and every
-    function of a refused higher-order operator's module (FlexAttention's dense path)."""
+    """The Python functions that compute a refused operator or are a refused function: the refused
+    functions themselves, the decompositions and Python kernels registered for the operators, every
+    library function named after a refused operator or function (``torch._refs.softmax``, and
+    ``scipy.special.softmax`` where SciPy is installed), and every function of a refused higher-order
+    operator's module (FlexAttention's dense path)."""
     for name, why in functions.items():
         target = _resolve(name)
         if isinstance(target, types.FunctionType):
@@ -154,8 +155,10 @@ def _python_implementations(aten: dict[str, str], operators: dict[str, str],
             for implementation in operator.py_kernels.values():
                 yield from _functions_in(implementation, operator_message(name, why))
     named = {name.lstrip("_"): operator_message(name, why) for name, why in operators.items()}
+    named.update({name.rsplit(".", 1)[-1].lstrip("_"): function_message(name, why) for name, why in functions.items()
+                  if name.rsplit(".", 1)[-1].lstrip("_") not in named})
     for module_name, module in list(sys.modules.items()):
-        if not isinstance(module, types.ModuleType) or not (module_name == "torch" or module_name.startswith("torch.")):
+        if not isinstance(module, types.ModuleType):
             continue
         for value in list(vars(module).values()):
             for function in _functions_in(value):

@@ -25,6 +25,7 @@ import json
 import linecache
 import os
 import sys
+import sysconfig
 import traceback
 from typing import Any, BinaryIO
 
@@ -279,8 +280,10 @@ REFUSED_EVENTS = {
 }
 REFUSED_EVENT_PREFIXES = {"ctypes.": "reaches memory through ctypes"}
 REFUSED_EVENTS["sys.addaudithook"] = "watches what the grader's replay runs"
-# torch's own files: running one again (importlib.reload, runpy) would bring back what the floor took out.
-TORCH_FOLDER = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+# The libraries' own files (torch's, the standard library's, site-packages'): running one again
+# (importlib.reload, runpy) would bring back what the floor took out.
+LIBRARY_FOLDERS = tuple(sorted({os.path.join(os.path.abspath(path), "") for key, path in sysconfig.get_paths().items()
+                                if key in ("stdlib", "platstdlib", "purelib", "platlib")}))
 # Loaded before the floor is laid, so that a graded function's first call does not wait for them.
 PRELOADED = ("torch._dynamo", "torch.nn.functional", "torch.testing", "numpy", "einops", "triton", "triton.language")
 
@@ -294,22 +297,18 @@ def _refusal(event: str, args: tuple) -> str | None:
     why = REFUSED_EVENTS.get(event)
     if why is None:
         why = next((why for prefix, why in REFUSED_EVENT_PREFIXES.items() if event.startswith(prefix)), None)
-    if why is None and event == "exec" and str(getattr(args[0], "co_filename", "")).startswith(TORCH_FOLDER):
-        why = "runs one of torch's own files again"
+    if why is None and event == "exec" and str(getattr(args[0], "co_filename", "")).startswith(LIBRARY_FOLDERS):
+        why = "runs a library's own file again"
     if why is None and event == "open" and isinstance(args[0], str) and args[0].startswith("/proc/") \
             and args[0].endswith("/mem"):
         why = "opens a process's memory"
     return why
 
 
-def _is_torch(module: Any) -> bool:
-    return isinstance(module, str) and (module == "torch" or module.startswith("torch."))
-
-
 def harden(floor: Any) -> None:
     """From now on, no new thread, no other process, no unpickling, no walking every live object, no
-    ctypes, no audit hook of the notebook's, and none of torch's files run again: a thread or a child
-    process runs without the floor's Python half, and the others reach around it. A torch module the
+    ctypes, no audit hook of the notebook's, and no library file run again: a thread or a child
+    process runs without the floor's Python half, and the others reach around it. A module the
     notebook's code imports is loaded here, by Python's own finders (not the notebook's), and the floor
     goes through it before the import returns. ``floor`` lives on in the audit hook, which nothing can
     reach or remove. Triton needs none of these here: the worker runs kernels in Triton's interpreter
@@ -320,7 +319,7 @@ def harden(floor: Any) -> None:
     finders = (list(sys.meta_path), list(sys.path_hooks), dict(sys.path_importer_cache))
     loading: list[str] = []
 
-    def load_torch_module(name: str) -> None:
+    def load(name: str) -> None:
         notebooks = (sys.meta_path, sys.path_hooks, sys.path_importer_cache)
         sys.meta_path, sys.path_hooks, sys.path_importer_cache = list(finders[0]), list(finders[1]), dict(finders[2])
         loading.append(name)
@@ -332,10 +331,10 @@ def harden(floor: Any) -> None:
         floor.cover_python()
 
     def hook(event: str, args: tuple, _floor: Any = floor) -> None:  # holding the floor's handles
-        if loading:  # torch's own code, loading a module for the hook below
+        if loading:  # a library's own code, loading a module for the hook below
             return
-        if event == "import" and _is_torch(args[0]):
-            load_torch_module(args[0])
+        if event == "import":
+            load(args[0])
             return
         why = _refusal(event, args)
         if why is not None:

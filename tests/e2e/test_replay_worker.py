@@ -31,7 +31,7 @@ REFUSED = {
     "ctypes": ("import ctypes\nctypes.CDLL(None)", "ctypes.dlopen"),
     "a process's memory": ("open('/proc/self/mem', 'rb')", "opens a process's memory"),
     "a torch module run again": ("import importlib, torch.nn.functional\nimportlib.reload(torch.nn.functional)",
-                                 "runs one of torch's own files again"),
+                                 "runs a library's own file again"),
 }
 
 # Ways to reach a softmax that the in-kernel guard (PyTorch's modes) alone does not stop, each the body of
@@ -112,6 +112,18 @@ def test_a_torch_module_loaded_again_gets_no_fresh_copy(worker):
     reply, _ = worker.request({"op": "run", "source": source, "label": "again"}, {}, 60)
     assert reply.get("error") == "exception" and "duplicate registrations" in reply["problem"], reply
     assert _answer(worker, "def answer(x):\n    return torch._refs.softmax(x, -1)", "refs")["error"] == "shortcut"
+
+
+def test_a_library_imported_later_is_covered_before_the_import_returns(worker):
+    # A library the worker had not loaded (written here, as SciPy's `scipy.special.softmax` would be
+    # installed): its function named after a refused operator is refused from the import on.
+    source = ("import sys, os, pathlib\n"
+              "pathlib.Path('more_math.py').write_text('def softmax(x):\\n    e = x.exp()\\n    return e / e.sum(-1, keepdim=True)\\n')\n"
+              "sys.path.insert(0, os.getcwd())\nimport more_math")
+    ran, _ = worker.request({"op": "run", "source": source, "label": "library"}, {}, 60)
+    assert ran == {"ok": True}, ran
+    reply = _answer(worker, "def answer(x):\n    return more_math.softmax(x)", "library softmax")
+    assert reply.get("error") == "shortcut" and "it is softmax" in reply["problem"], reply
 
 
 def test_a_torch_module_loaded_later_is_covered_before_the_import_returns(tmp_path):
