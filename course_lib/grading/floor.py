@@ -7,21 +7,21 @@ process can pop or step around; a kernel that is no longer there cannot be stepp
   is registered at the dispatcher for every overload and every dispatch key the operator has a kernel
   for (CPU, CUDA, Meta, sparse, nested, oneDNN, the composite keys, ...). The dispatcher keeps the
   newest registration, and nothing in PyTorch's Python API calls a kernel that has been overridden.
-  The registration is undone only when its handle dies: the worker keeps the handles where the
-  notebook's code cannot reach them (see ``replay_worker.harden``).
+  The registration would be undone if its handle died: the handle is kept alive for good and nothing
+  refers to it.
 * **PyTorch's Python implementations** of those operators and of the refused Python functions
   (``F.multi_head_attention_forward``, ``torch._refs.softmax``, the decompositions, FlexAttention's
   dense path): their code objects are replaced in place by code that raises, so every reference to
   the function — a module attribute, a decomposition table, a closure — reaches the raising code.
 
-The worker then loads any torch module the notebook's code imports itself, and goes through it
-before the import returns; it refuses running any of torch's own files again (``replay_worker.harden``).
-So what was replaced here is all the library code the notebook can call. This file imports nothing of
-course_lib: it is copied beside the worker.
+The worker has the floor go through the modules again before each graded call, for those the
+notebook's code imported since; its audit hook (``confinement``) refuses running a library's file again.
+This file imports nothing of course_lib: it is copied beside the worker.
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 import sys
 import types
@@ -53,16 +53,15 @@ def function_message(name: str, why: str) -> str:
 
 class Floor:
     """The refused ``operators`` (ATen names, or the names of higher-order operators such as
-    ``flex_attention``) and ``functions`` (PyTorch's qualified names), taken out of this process. It
-    stands for as long as this object lives (its dispatcher handle); ``cover_python`` goes again through
-    torch's modules, for one loaded since."""
+    ``flex_attention``) and ``functions`` (PyTorch's qualified names), taken out of this process for
+    good; ``cover_python`` goes again through the modules, for one loaded since."""
 
     def __init__(self, operators: dict[str, str], functions: dict[str, str]):
         self.operators = {**operators, **_operators_of(functions)}
         self.functions = dict(functions)
         self.aten = {name: why for name, why in self.operators.items() if hasattr(torch.ops.aten, name)}
         self.poisoned: set[int] = set()
-        self.library = torch._C._dispatch_library("IMPL", "aten", "")
+        library = torch._C._dispatch_library("IMPL", "aten", "")
         with warnings.catch_warnings():  # "Overriding a previously registered kernel": that is the point
             warnings.simplefilter("ignore")
             for name, why in self.aten.items():
@@ -72,11 +71,15 @@ class Floor:
                     qualified = schema.name + (f".{schema.overload_name}" if schema.overload_name else "")
                     kernel = _raising_kernel(operator_message(name, why))
                     for key in _registered_keys(qualified):
-                        self.library.impl(qualified.removeprefix("aten::"), key, kernel, False)
+                        library.impl(qualified.removeprefix("aten::"), key, kernel, False)
+        # The registrations last while the handle lives: it is kept alive for good and referred to by
+        # nothing, so no code can reach its reset().
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(library))
         self.cover_python()
 
     def cover_python(self) -> None:
-        """Replace the code of PyTorch's Python implementations of what is refused (see the module)."""
+        """Replace the code of the Python implementations of what is refused (see the module)."""
+        self.modules = len(sys.modules)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for function, message in _python_implementations(self.aten, self.operators, self.functions):

@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.ao.nn import quantizable
 
 from course_lib.shortcuts import Forbidden
 
 _SDPA = "it is PyTorch's scaled dot-product attention"
 
+_MHA = "it is PyTorch's multi-head attention"
+
+# PyTorch's multi-head attention: nn.MultiheadAttention's forward goes through
+# F.multi_head_attention_forward (its eval-mode fast path through _native_multi_head_attention);
+# the quantizable one computes its attention itself. With identity projections each is plain SDPA.
+PYTORCH_MHA = Forbidden(
+    functions={F.multi_head_attention_forward: _MHA, torch._native_multi_head_attention: _MHA,
+               quantizable.MultiheadAttention.forward: _MHA, quantizable.MultiheadAttention._forward_impl: _MHA},
+    operators={"_native_multi_head_attention": _MHA},
+)
+
 # PyTorch's SDPA, as a function and as every ATen operator that computes attention (called through
 # torch.ops.aten, or on a path the function mode does not see): SDPA's own kernels, the fused kernels
-# below them, and the multi-head and encoder-layer kernels, which are SDPA with identity projections.
+# below them, the encoder-layer kernel, and multi-head attention (SDPA with identity projections).
 # _safe_softmax is private to SDPA's math path: a student's own softmax never reaches it.
 PYTORCH_SDPA = Forbidden(
     functions={F.scaled_dot_product_attention: _SDPA},
@@ -41,7 +53,7 @@ PYTORCH_SDPA = Forbidden(
             "_safe_softmax",
         )
     },
-)
+) | PYTORCH_MHA
 
 # Every route to a softmax that PyTorch offers: the functions, the methods, and their ATen operators
 # (sparse, nested and masked tensors included).
@@ -108,14 +120,4 @@ PYTORCH_RNN = Forbidden(
         "gru": _GRU,
         "lstm": _LSTM,
     },
-)
-
-
-_MHA = "it is PyTorch's multi-head attention"
-
-# PyTorch's multi-head attention: nn.MultiheadAttention's forward goes through
-# F.multi_head_attention_forward (its eval-mode fast path through _native_multi_head_attention).
-PYTORCH_MHA = Forbidden(
-    functions={F.multi_head_attention_forward: _MHA, torch._native_multi_head_attention: _MHA},
-    operators={"_native_multi_head_attention": _MHA},
 )

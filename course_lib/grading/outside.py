@@ -41,7 +41,7 @@ import torch
 from torch.overrides import resolve_name
 
 from course_lib import runtime
-from course_lib.grading import framework, policy, replay_worker
+from course_lib.grading import framework, memory_meter, policy, replay_worker
 from course_lib.grading.framework import Case, Exercise, Failure
 from course_lib.grading.sandbox import Limits, Sandbox, environment_paths
 
@@ -132,6 +132,12 @@ class ReplayWorker:
         command = self.sandbox.command([sys.executable, "-I", str(self.folder / "replay_worker.py"), json.dumps(refused)])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=self.folder, env=environment)
+        # The key the worker's memory meter signs its measures with: the first line it reads, before
+        # any of the notebook's code runs (memory_meter.Meter).
+        self.key = os.urandom(32)
+        self.measured = 0  # how many measures the meter has signed
+        self.process.stdin.write(self.key.hex().encode() + b"\n")
+        self.process.stdin.flush()
         self._reader = concurrent.futures.ThreadPoolExecutor(1)
         self.cell_timeout = cell_timeout
         self.ran = 0  # how many of the notebook's definitions it has run (or skipped)
@@ -155,18 +161,35 @@ class ReplayWorker:
         return self.fatal is None and self.process.poll() is None
 
     def request(self, header: dict, tensors: dict[str, torch.Tensor], timeout: float) -> tuple[dict, dict]:
+        """The worker's reply; for a measured call, with "peak_bytes" from the meter's signed line (None
+        where the measurement was spoiled). Anything else on the stream ends the worker."""
         try:
             replay_worker.write_message(self.process.stdin, header, tensors)
-            future = self._reader.submit(replay_worker.read_message, self.process.stdout)
+            future = self._reader.submit(self._read_reply, bool(header.get("measure")))
             return future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             self.close()
             raise WorkerEnded(f"did not finish within {timeout:g} s") from None
-        except (EOFError, OSError, ValueError) as error:
+        except ValueError as error:  # the notebook's code wrote on the worker's reply stream
+            self.close()
+            raise WorkerEnded(f"its replies were tampered with ({error})") from None
+        except (EOFError, OSError) as error:
             self.close()
             code = self.process.wait()
             why = "it ran out of memory or was killed" if code in (-9, 137) else f"exit status {code}"
             raise WorkerEnded(f"the grading process ended ({why}): {error}") from None
+
+    def _read_reply(self, measured: bool) -> tuple[dict, dict]:
+        first = self.process.stdout.readline(1 << 24)
+        if not measured:
+            return replay_worker.read_message(self.process.stdout, line=first)
+        signed = memory_meter.signed(first, self.key)
+        if signed is None or signed[0] != self.measured + 1:
+            raise ValueError("the line where the memory meter's measure belongs is not the meter's")
+        self.measured += 1
+        reply, out = replay_worker.read_message(self.process.stdout)
+        reply["peak_bytes"] = None if signed[1] < 0 else signed[1]
+        return reply, out
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -222,7 +245,19 @@ def torch_shortcuts(exercise: Exercise) -> dict[str, dict[str, str]]:
     """What the exercise refuses of PyTorch, by name, as the worker's floor takes it: ATen operators
     and PyTorch's functions (course_lib's references need nothing: course_lib is not importable there)."""
     return {"operators": dict(exercise.forbidden.operators),
-            "functions": {resolve_name(f) or str(f): why for f, why in exercise.forbidden.functions.items()}}
+            "functions": {_torch_name(f): why for f, why in exercise.forbidden.functions.items()}}
+
+
+def _torch_name(function: Any) -> str:
+    """The qualified name by which the worker's floor finds a refused function again."""
+    if isinstance(function, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
+        return str(function)  # aten.gru_cell: the floor refuses the operator
+    module, qualname = getattr(function, "__module__", None), getattr(function, "__qualname__", None)
+    if resolve_name(function):
+        return resolve_name(function)
+    if qualname:  # a Python method (torch.ao's quantizable attention), or one of torch's C functions
+        return f"{module or 'torch'}.{qualname}"
+    return str(function)
 
 
 def _refused_cells(nb: Any) -> list[tuple[int, str]]:
@@ -336,6 +371,8 @@ def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, se
 
     def measured(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, int]:
         result, reply = request(args, kwargs, measure=True)
+        if reply["peak_bytes"] is None:
+            raise _BehaviourCallFailed("the memory measurement was stopped or restarted during the call")
         return result, int(reply["peak_bytes"])
 
     remote.measured = measured

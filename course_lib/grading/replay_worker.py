@@ -6,7 +6,7 @@ a script (``python -I replay_worker.py``), with course_lib *not* importable — 
 so a graded function cannot hand the course's own reference answer back. It imports nothing of
 course_lib but the files of ``BESIDE``, copied beside it: ``floor.py`` to take PyTorch's shortcuts
 out of the process before any of the notebook's code runs (the refusals come as the first argument:
-one worker per set of them), ``memory.py`` to measure peak memory, ``toy_decoder.py`` to rebuild the
+one worker per set of them), ``memory_meter.py`` to measure peak memory, ``toy_decoder.py`` to rebuild the
 decoder step that lesson 01's cases pass, and ``flash_triton.py`` to run lesson 08's Triton step
 inside its kernel.
 
@@ -26,12 +26,13 @@ import linecache
 import os
 import sys
 import sysconfig
-import traceback
+import types
 from typing import Any, BinaryIO
 
 import torch
 
 TENSOR = "__tensor__"
+_audit = sys.audit  # as it is now: the notebook's code may replace sys.audit
 
 
 # --- trees of tensors and plain values, as JSON plus named tensors --------------------------------
@@ -90,8 +91,10 @@ def write_message(stream: BinaryIO, header: dict[str, Any], tensors: dict[str, t
     stream.flush()
 
 
-def read_message(stream: BinaryIO, max_bytes: int = 1 << 31) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    line = stream.readline(1 << 24)
+def read_message(stream: BinaryIO, max_bytes: int = 1 << 31, line: bytes | None = None,
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A message from ``stream``; ``line``: its header line, where the caller has read it already."""
+    line = stream.readline(1 << 24) if line is None else line
     if not line:
         raise EOFError("the other side closed the connection")
     header = json.loads(line)
@@ -157,6 +160,8 @@ def weighted_gradients(result: Any, inputs: dict[str, torch.Tensor]) -> dict[str
 
 
 def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    if len(sys.modules) != _FLOOR.modules:  # the notebook imported modules since: the floor goes through them
+        _FLOOR.cover_python()
     name = header["name"]
     if name not in namespace:
         return {"error": "name", "problem": f"the notebook does not define `{name}`"}, {}
@@ -186,17 +191,19 @@ def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, 
         if (module_name, function) not in ADAPTERS:  # a fixed table: nothing else is ever called
             raise ValueError(f"no adapter {module_name}.{function}")
         target = getattr(_beside(module_name), function)(target, **options)
-    if header.get("measure"):
-        with torch.no_grad(), _BESIDE["memory"].track_live_memory() as tracked:
-            result = target(*args, **kwargs)
-        peak_bytes = tracked.peak_bytes
+    if header.get("measure"):  # by the meter the audit hook holds: it writes its measure itself
+        event = _BESIDE["memory_meter"].EVENT
+        with torch.no_grad():
+            _audit(event, "start")
+            try:
+                result = target(*args, **kwargs)
+            finally:
+                _audit(event, "stop")
     else:
         result = target(*args, **kwargs)
     # Here, not later: a result's values and gradients are computed before the reply is written.
     out: dict[str, torch.Tensor] = {}
     answer = {"result": encode(result, out)}
-    if header.get("measure"):
-        answer["peak_bytes"] = peak_bytes
     if header.get("grad"):
         renamed = {v: k for k, v in header.get("parameter_names", {}).items()}
         module = target if header.get("module") else None
@@ -213,8 +220,8 @@ def _compiled(source: str, label: str) -> Any:
     return compile(source, filename, "exec")
 
 
-def serve(requests: BinaryIO, replies: BinaryIO) -> None:
-    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+def serve(requests: BinaryIO, replies: BinaryIO, namespace: dict[str, Any]) -> None:
+    namespace["__builtins__"] = __builtins__
     while True:
         try:
             header, tensors = read_message(requests)
@@ -228,22 +235,30 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                 answer, out = _call(namespace, header, tensors)
                 write_message(replies, answer, out)
         except BaseException as error:  # noqa: BLE001 - the student's code may raise anything, SystemExit too
-            last = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
-            where = f" (line {last[0].lineno})" if last else ""
+            where = f" (line {_innermost_line(error.__traceback__)})" if error.__traceback__ else ""
             # The floor's refusals say so, whether PyTorch passes them on as they are or wraps them.
             shortcut = _BESIDE["floor"].MARK in str(error)
             write_message(replies, {"error": "shortcut" if shortcut else "exception",
                                     "problem": f"{type(error).__name__}{where}: {error}"})
 
 
+def _innermost_line(trace: Any) -> int:
+    """The line where an exception was raised, read without its frames (the worker refuses those)."""
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace.tb_lineno
+
+
 # The files of course_lib copied beside this script (they import nothing of course_lib): name -> module.
 BESIDE = {
     "floor": "course_lib.grading.floor",
-    "memory": "course_lib.memory",
+    "memory_meter": "course_lib.grading.memory_meter",
+    "confinement": "course_lib.grading.confinement",
     "toy_decoder": "course_lib.grading.toy_decoder",
     "flash_triton": "course_lib.attention.flash_triton",
 }
 _BESIDE: dict[str, Any] = {}  # the modules of BESIDE, once loaded
+_FLOOR: Any = None  # the worker's floor.Floor
 # Objects that cases pass and the worker rebuilds: kind -> (module beside this script, class).
 REPLAYABLE = {"toy_decoder": ("toy_decoder", "ToyDecoderStep")}
 # What may turn a student's object into the function the cases call (an Exercise's ``adapt_outside``).
@@ -267,89 +282,9 @@ def _load_beside(name: str) -> Any:
     return module
 
 
-# --- what reading the code cannot see (see course_lib.grading.policy) ------------------------------
-
-# Audit events refused once the notebook's code runs: other processes (which would run without the
-# floor's Python half), unpickling (it calls any importable function by name), walking every live
-# object (it would reach the floor's handles), and ctypes (it reads and writes any memory).
-REFUSED_EVENTS = {
-    "os.fork": "starts a process", "os.forkpty": "starts a process", "os.system": "runs a program",
-    "os.exec": "runs a program", "os.posix_spawn": "runs a program", "os.spawn": "runs a program",
-    "subprocess.Popen": "runs a program", "pickle.find_class": "unpickles", "gc.get_objects": "walks live objects",
-    "gc.get_referrers": "walks live objects", "gc.get_referents": "walks live objects",
-}
-REFUSED_EVENT_PREFIXES = {"ctypes.": "reaches memory through ctypes"}
-REFUSED_EVENTS["sys.addaudithook"] = "watches what the grader's replay runs"
-# The libraries' own files (torch's, the standard library's, site-packages'): running one again
-# (importlib.reload, runpy) would bring back what the floor took out.
-LIBRARY_FOLDERS = tuple(sorted({os.path.join(os.path.abspath(path), "") for key, path in sysconfig.get_paths().items()
-                                if key in ("stdlib", "platstdlib", "purelib", "platlib")}))
 # Loaded before the floor is laid, so that a graded function's first call does not wait for them.
+# torch._dynamo brings in most of torch (about 2,000 modules), which the floor then goes through.
 PRELOADED = ("torch._dynamo", "torch.nn.functional", "torch.testing", "numpy", "einops", "triton", "triton.language")
-
-
-class Refused(RuntimeError):
-    """Something the replay worker does not let a notebook's code do."""
-
-
-def _refusal(event: str, args: tuple) -> str | None:
-    """Why the audit event is refused once the notebook's code runs (None: it is not)."""
-    why = REFUSED_EVENTS.get(event)
-    if why is None:
-        why = next((why for prefix, why in REFUSED_EVENT_PREFIXES.items() if event.startswith(prefix)), None)
-    if why is None and event == "exec" and str(getattr(args[0], "co_filename", "")).startswith(LIBRARY_FOLDERS):
-        why = "runs a library's own file again"
-    if why is None and event == "open" and isinstance(args[0], str) and args[0].startswith("/proc/") \
-            and args[0].endswith("/mem"):
-        why = "opens a process's memory"
-    return why
-
-
-def harden(floor: Any) -> None:
-    """From now on, no new thread, no other process, no unpickling, no walking every live object, no
-    ctypes, no audit hook of the notebook's, and no library file run again: a thread or a child
-    process runs without the floor's Python half, and the others reach around it. A module the
-    notebook's code imports is loaded here, by Python's own finders (not the notebook's), and the floor
-    goes through it before the import returns. ``floor`` lives on in the audit hook, which nothing can
-    reach or remove. Triton needs none of these here: the worker runs kernels in Triton's interpreter
-    (``outside.ReplayWorker`` sets TRITON_INTERPRET=1), which compiles nothing."""
-    import _thread  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
-    finders = (list(sys.meta_path), list(sys.path_hooks), dict(sys.path_importer_cache))
-    loading: list[str] = []
-
-    def load(name: str) -> None:
-        notebooks = (sys.meta_path, sys.path_hooks, sys.path_importer_cache)
-        sys.meta_path, sys.path_hooks, sys.path_importer_cache = list(finders[0]), list(finders[1]), dict(finders[2])
-        loading.append(name)
-        try:
-            importlib.import_module(name)
-        finally:
-            loading.pop()
-            sys.meta_path, sys.path_hooks, sys.path_importer_cache = notebooks
-        floor.cover_python()
-
-    def hook(event: str, args: tuple, _floor: Any = floor) -> None:  # holding the floor's handles
-        if loading:  # a library's own code, loading a module for the hook below
-            return
-        if event == "import":
-            load(args[0])
-            return
-        why = _refusal(event, args)
-        if why is not None:
-            raise Refused(f"graded code may not do what {event} does ({why}): the grader's replay refuses it")
-
-    def no_thread(*args: Any, **kwargs: Any) -> Any:
-        raise Refused("graded code may not start a thread: a thread runs without the course's checks")
-
-    # Python 3.11-3.12 start threads with start_new_thread, 3.13 with start_joinable_thread.
-    for module, names in ((_thread, ("start_new_thread", "start_new", "start_joinable_thread")),
-                          (threading, ("_start_new_thread", "_start_joinable_thread"))):
-        for name in names:
-            if hasattr(module, name):
-                setattr(module, name, no_thread)
-    sys.addaudithook(hook)  # for the rest of the process: an audit hook cannot be removed
 
 
 def main() -> None:
@@ -362,15 +297,23 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     sys.argv = ["replay"]
+    key = bytes.fromhex(requests.readline().decode())  # the meter's signing key, the grader's first line
     for name in BESIDE:  # loaded before any call is timed
         _BESIDE[name] = _load_beside(name)
     for name in PRELOADED:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             importlib.import_module(name)
     if torch.cuda.is_available():
-        torch.cuda.init()  # CUDA's first use loads libraries through ctypes, refused once hardened
-    harden(_BESIDE["floor"].Floor(refused["operators"], refused["functions"]))
-    serve(requests, replies)
+        torch.cuda.init()  # CUDA's first use loads libraries through ctypes, refused once confined
+    global _FLOOR
+    _FLOOR = _BESIDE["floor"].Floor(refused["operators"], refused["functions"])
+    meter = _BESIDE["memory_meter"].meter(key, replies.fileno())
+    del key
+    _BESIDE["confinement"].confine(meter, _BESIDE["memory_meter"].EVENT, _FLOOR)
+    del meter  # the hook holds it, and only the hook: it holds the key
+    # The notebook's code runs as __main__, in a module of its own.
+    notebook = sys.modules["__main__"] = types.ModuleType("__main__")
+    serve(requests, replies, vars(notebook))
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ class Sandbox:
             "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--remount-ro", "/proc",  # no process may write its own memory (/proc/self/mem)
         ]
         for device in sorted(Path("/dev").glob("nvidia*")):  # CUDA needs its device files
             args += ["--dev-bind", str(device), str(device)]

@@ -14,7 +14,7 @@ pytest.importorskip("safetensors", reason="needs safetensors (the [lab] extra)")
 import torch  # noqa: E402
 
 from course_lib.grading import outside, replay_worker, sandbox  # noqa: E402
-from course_lib.grading.l05_scaled_dot_product import SOFTMAX  # noqa: E402
+from course_lib.grading.l05_scaled_dot_product import SCALED_DOT_PRODUCT_ATTENTION, SOFTMAX  # noqa: E402
 from course_lib.grading.l07_sliding_window import SLIDING_WINDOW_ATTENTION  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
@@ -31,7 +31,7 @@ REFUSED = {
     "ctypes": ("import ctypes\nctypes.CDLL(None)", "ctypes.dlopen"),
     "a process's memory": ("open('/proc/self/mem', 'rb')", "opens a process's memory"),
     "a torch module run again": ("import importlib, torch.nn.functional\nimportlib.reload(torch.nn.functional)",
-                                 "runs a library's own file again"),
+                                 "a library's file already loaded"),
 }
 
 # Ways to reach a softmax that the in-kernel guard (PyTorch's modes) alone does not stop, each the body of
@@ -76,8 +76,18 @@ def worker(tmp_path_factory):
 def test_the_worker_refuses(worker, name):
     source, words = REFUSED[name]
     reply, _ = worker.request({"op": "run", "source": source, "label": name}, {}, 60)
-    assert reply.get("error") == "exception" and "Refused" in reply["problem"] and words in reply["problem"], reply
+    assert reply.get("error") == "exception" and "refused by the grader's replay" in reply["problem"], reply
+    assert words in reply["problem"], reply
     assert worker.alive
+
+
+def _call(worker, name: str, args: tuple, measure: bool = False) -> tuple[dict, dict]:
+    """Call the notebook's ``name`` in the worker on ``args`` (tensors and plain values): its reply."""
+    tensors: dict[str, torch.Tensor] = {}
+    header = {"op": "call", "name": name, "device": "cpu", "module": False, "grad": False, "measure": measure,
+              "input_names": [f"a{i}" for i in range(len(args))], "args": replay_worker.encode(tuple(args), tensors),
+              "kwargs": replay_worker.encode({}, tensors)}
+    return worker.request(header, tensors, 120)
 
 
 def _answer(worker, source: str, label: str) -> dict:
@@ -85,10 +95,7 @@ def _answer(worker, source: str, label: str) -> dict:
     ran, _ = worker.request({"op": "run", "source": source, "label": label}, {}, 60)
     assert ran == {"ok": True}, ran
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
-    tensors: dict[str, torch.Tensor] = {}
-    header = {"op": "call", "name": "answer", "device": "cpu", "module": False, "grad": False, "input_names": ["x"],
-              "args": replay_worker.encode((x,), tensors), "kwargs": replay_worker.encode({}, tensors)}
-    reply, out = worker.request(header, tensors, 60)
+    reply, out = _call(worker, "answer", (x,))
     if "result" in reply:
         reply["result"] = replay_worker.decode(reply["result"], out)
         assert torch.allclose(reply["result"], torch.softmax(x, -1))  # it did compute the answer
@@ -110,11 +117,11 @@ def test_the_floor_leaves_a_student_s_own_softmax_alone(worker):
 def test_a_torch_module_loaded_again_gets_no_fresh_copy(worker):
     source = "import sys, torch\ndel sys.modules['torch._refs']\nimport torch._refs"
     reply, _ = worker.request({"op": "run", "source": source, "label": "again"}, {}, 60)
-    assert reply.get("error") == "exception" and "duplicate registrations" in reply["problem"], reply
+    assert reply.get("error") == "exception" and "a library's file already loaded" in reply["problem"], reply
     assert _answer(worker, "def answer(x):\n    return torch._refs.softmax(x, -1)", "refs")["error"] == "shortcut"
 
 
-def test_a_library_imported_later_is_covered_before_the_import_returns(worker):
+def test_a_library_imported_later_is_covered_before_the_next_call(worker):
     # A library the worker had not loaded (written here, as SciPy's `scipy.special.softmax` would be
     # installed): its function named after a refused operator is refused from the import on.
     source = ("import sys, os, pathlib\n"
@@ -126,7 +133,7 @@ def test_a_library_imported_later_is_covered_before_the_import_returns(worker):
     assert reply.get("error") == "shortcut" and "it is softmax" in reply["problem"], reply
 
 
-def test_a_torch_module_loaded_later_is_covered_before_the_import_returns(tmp_path):
+def test_a_torch_module_loaded_later_is_covered_before_the_next_call(tmp_path):
     flex = outside.torch_shortcuts(SLIDING_WINDOW_ATTENTION)  # lesson 07 refuses FlexAttention; the worker has not loaded it
     started = outside.ReplayWorker(refused=flex, hidden=[tmp_path], limits=sandbox.Limits(), cell_timeout=60)
     try:
@@ -134,12 +141,8 @@ def test_a_torch_module_loaded_later_is_covered_before_the_import_returns(tmp_pa
                   "def answer(q, k, v, window):\n    return flex_attention(q, k, v)")
         ran, _ = started.request({"op": "run", "source": source, "label": "flex"}, {}, 120)
         assert ran == {"ok": True}, ran
-        tensors: dict[str, torch.Tensor] = {}
         q = torch.randn(1, 1, 8, 4)
-        header = {"op": "call", "name": "answer", "device": "cpu", "module": False, "grad": False,
-                  "input_names": ["q", "k", "v", "window"],
-                  "args": replay_worker.encode((q, q, q, (2, 0)), tensors), "kwargs": replay_worker.encode({}, tensors)}
-        reply, _ = started.request(header, tensors, 120)
+        reply, _ = _call(started, "answer", (q, q, q, (2, 0)))
         assert reply.get("error") == "shortcut" and "flex_attention" in reply["problem"], reply
     finally:
         started.close()
@@ -171,3 +174,119 @@ def test_a_result_that_is_a_tensor_subclass_is_refused():
     with pytest.raises(TypeError, match="a Later, a subclass of torch.Tensor: return plain tensors"):
         replay_worker.encode((torch.zeros(2), torch.zeros(2).as_subclass(Later)), {})
     assert replay_worker.encode(torch.nn.Parameter(torch.zeros(2)), {}) == {"__tensor__": "t0"}
+
+
+# What a red team did with the first version of the floor, each now refused: the hook's own frame, reached
+# through the traceback of one of its refusals, held the floor's dispatcher handle (whose reset() brought
+# PyTorch's kernels back) and the switch that turned the hook off; the notebook's code ran inside the hook
+# while it loaded a module; /proc/self/mem was opened by a path that was not a plain absolute str.
+RED_TEAM = {
+    "the hook's frame, through a refusal's traceback": (
+        "import os\ntry:\n    os.system('true')\nexcept PermissionError as error:\n    trace = error.__traceback__\n"
+        "seen = []\nwhile trace is not None:\n    try:\n        seen.append(trace.tb_frame.f_code.co_name)\n"
+        "    except PermissionError:\n        seen.append('refused')\n    trace = trace.tb_next\n"
+        "assert seen[0] == '<module>' and seen[-1] == 'refused', seen  # the cell's own frame is there, the hook's is not"),
+    "the notebook's code run during an import": (
+        "import builtins, gc\nplain = builtins.__import__\n"
+        "def watching(*args, **kwargs):\n    gc.get_objects()\n    return plain(*args, **kwargs)\n"
+        "builtins.__import__ = watching\ntry:\n    import wave\nexcept PermissionError as error:\n    refused = str(error)\n"
+        "finally:\n    builtins.__import__ = plain\nassert 'gc.get_objects' in refused"),
+    "/proc/self/mem by a bytes path": (
+        "try:\n    open(b'/proc/self/mem', 'rb')\nexcept PermissionError as error:\n    assert 'memory' in str(error)\n"
+        "else:\n    raise AssertionError('opened')"),
+    "/proc/self/mem relative to a folder": (
+        "import os\nfolder = os.open('/proc/self', os.O_RDONLY)\ntry:\n    os.open('mem', os.O_RDONLY, dir_fd=folder)\n"
+        "except PermissionError as error:\n    assert 'memory' in str(error)\nelse:\n    raise AssertionError('opened')"),
+    "/proc mounted read-only, under the hook": (  # so no path the hook misses opens mem for writing
+        "mounts = [line.split() for line in open('/proc/mounts')]\n"
+        "assert any(m[1] == '/proc' and 'ro' in m[3].split(',') for m in mounts), mounts"),
+}
+
+
+@pytest.mark.parametrize("name", list(RED_TEAM))
+def test_the_red_team_s_ways_past_the_first_floor_are_closed(worker, name):
+    reply, _ = worker.request({"op": "run", "source": RED_TEAM[name], "label": name}, {}, 60)
+    assert reply == {"ok": True}, reply
+
+
+# Peak memory, measured by the meter the hook holds (PyTorch's profiler and tracemalloc), not by a mode
+# the notebook's code can pop: a dense attention at L = S = 512 keeps two 1 MiB score matrices alive.
+DENSE = ("def answer(q, k, v):\n    weights = (q @ k.transpose(-2, -1) / 8).exp()\n"
+         "    return (weights / weights.sum(-1, keepdim=True)) @ v")
+HIDDEN_FROM_A_TRACKER = {
+    "as it is": DENSE,
+    "with PyTorch's modes switched off": (
+        "from torch.utils._python_dispatch import _disable_current_modes\n"
+        "def answer(q, k, v):\n    with torch._C.DisableTorchFunction(), _disable_current_modes():\n"
+        "        weights = (q @ k.transpose(-2, -1) / 8).exp()\n        return (weights / weights.sum(-1, keepdim=True)) @ v"),
+    "in NumPy": ("import numpy\ndef answer(q, k, v):\n    a, b, c = q.numpy(), k.numpy(), v.numpy()\n"
+                 "    weights = numpy.exp(a @ b.swapaxes(-2, -1) / 8)\n"
+                 "    return torch.from_numpy((weights / weights.sum(-1, keepdims=True)) @ c)"),
+    "after freeing memory kept from before the call": (
+        "ballast = [torch.ones(16 << 20, dtype=torch.uint8)]\n" + DENSE.replace(
+            "def answer(q, k, v):\n", "def answer(q, k, v):\n    ballast.clear()\n")),
+}
+
+
+def _measured(worker, source: str, label: str) -> dict:
+    ran, _ = worker.request({"op": "run", "source": "import torch\n" + source, "label": label}, {}, 60)
+    assert ran == {"ok": True}, ran
+    q = torch.randn(1, 512, 64, generator=torch.Generator().manual_seed(0))
+    return _call(worker, "answer", (q, q, q), measure=True)[0]
+
+
+@pytest.mark.parametrize("name", list(HIDDEN_FROM_A_TRACKER))
+def test_the_meter_sees_a_dense_computation_however_it_is_hidden(worker, name):
+    reply = _measured(worker, HIDDEN_FROM_A_TRACKER[name], name)
+    assert "error" not in reply and reply["peak_bytes"] >= 2 << 20, reply
+
+
+def test_the_meter_sees_little_where_little_is_kept(worker):
+    reply = _measured(worker, "def answer(q, k, v):\n    return q + v", "small")
+    assert "error" not in reply and reply["peak_bytes"] < 1 << 20, reply
+
+
+TAMPERING = {
+    "a measure stopped early": ("import sys\ndef answer(q, k, v):\n    sys.audit('course.replay.measure', 'stop')\n"
+                                "    return q + v"),
+    "a forged meter line": (
+        "import os, stat\ndef answer(q, k, v):\n    for fd in range(3, 64):\n        try:\n"
+        "            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n                os.write(fd, b'meter 1 0 ' + b'0' * 32 + b'\\n')\n"
+        "        except OSError:\n            pass\n    return q + v"),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERING))
+def test_a_measure_the_notebook_tampers_with_ends_the_worker(tmp_path, name):
+    started = outside.ReplayWorker(refused=outside.torch_shortcuts(SOFTMAX), hidden=[tmp_path],
+                                   limits=sandbox.Limits(), cell_timeout=60)
+    try:
+        with pytest.raises(outside.WorkerEnded, match="tampered"):
+            _measured(started, TAMPERING[name], name)
+    finally:
+        started.close()
+
+
+# Multi-head attention with identity projections is SDPA: where softmax is allowed (lesson 05's SDPA
+# exercise), PyTorch's multi-head attention modules are refused as SDPA is.
+MULTI_HEAD = {
+    "nn.MultiheadAttention": "torch.nn.MultiheadAttention",
+    "the quantizable one": "torch.ao.nn.quantizable.MultiheadAttention",
+}
+
+
+def test_multi_head_attention_is_refused_where_sdpa_is(tmp_path):
+    started = outside.ReplayWorker(refused=outside.torch_shortcuts(SCALED_DOT_PRODUCT_ATTENTION), hidden=[tmp_path],
+                                   limits=sandbox.Limits(), cell_timeout=60)
+    try:
+        for name, module in MULTI_HEAD.items():
+            source = (f"import torch, torch.ao.nn.quantizable\ndef answer(q, k, v):\n"
+                      f"    attention = {module}(q.shape[-1], 1, bias=False, batch_first=True)\n"
+                      "    return attention(q, k, v, need_weights=True)[0]")
+            ran, _ = started.request({"op": "run", "source": source, "label": name}, {}, 60)
+            assert ran == {"ok": True}, ran
+            q = torch.randn(1, 8, 4)
+            reply, _ = _call(started, "answer", (q, q, q))
+            assert reply.get("error") == "shortcut" and "multi-head attention" in reply["problem"], (name, reply)
+    finally:
+        started.close()

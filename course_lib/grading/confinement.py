@@ -1,0 +1,114 @@
+"""What a notebook's code may not do in the replay worker, enforced by an audit hook that nothing can
+remove (``sys.addaudithook``), installed once the floor is laid and before any of the notebook's code.
+
+Refused from then on, each because it runs code without the floor or reaches what the worker keeps
+from the notebook:
+
+* another process or thread (fork, exec, spawn, ``subprocess``, thread starts), another audit hook;
+* unpickling (it calls any importable function by name) and walking the garbage collector's objects;
+* ctypes, and opening a process's memory (``/proc/*/mem``; the sandbox mounts ``/proc`` read-only too);
+* the frames of the hook and of the memory meter, reached through a traceback: they hold the meter's
+  signing key (a refusal is raised inside the hook, so its traceback passes through it);
+* running a library's file a second time (``importlib.reload``, ``runpy``, a module deleted from
+  ``sys.modules`` and imported again): it would bring back what the floor took out.
+
+The hook never runs the notebook's code: it looks only at arguments of Python's exact types and calls
+only what it took when it was installed (the notebook's code may patch builtins, modules and classes
+afterwards). So nothing the notebook's code reaches — the worker's frames and modules included —
+leads to the meter's key. This file imports nothing of course_lib: it is copied beside the worker.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import sys
+import sysconfig
+import threading
+import types
+from collections.abc import Callable
+from typing import Any
+
+EVENTS = {
+    "os.fork": "starts a process", "os.forkpty": "starts a process", "os.system": "runs a program",
+    "os.exec": "runs a program", "os.posix_spawn": "runs a program", "os.spawn": "runs a program",
+    "subprocess.Popen": "runs a program", "pickle.find_class": "unpickles", "gc.get_objects": "walks live objects",
+    "gc.get_referrers": "walks live objects", "gc.get_referents": "walks live objects",
+    "sys.addaudithook": "watches what the grader's replay runs", "sys._current_frames": "reaches the grader's frames",
+    "os.symlink": "makes a link (a way around the check on what is opened)", "os.link": "makes a link",
+}
+EVENT_PREFIXES = ("ctypes.",)
+PROCESS_MEMORY = "mem"  # /proc/<pid>/mem, however the path is written
+LIBRARY_FOLDERS = tuple(sorted({os.path.join(os.path.abspath(path), "") for key, path in sysconfig.get_paths().items()
+                                if key in ("stdlib", "platstdlib", "purelib", "platlib")}))
+
+
+def confine(meter: Callable[[str | None], None], meter_event: str, floor: Any) -> None:
+    """Install the hook (see the module) for the rest of the process. ``meter`` runs on ``meter_event``;
+    ``floor`` is kept alive."""
+    # Taken now, kept in this closure: nothing below looks up a module global or a class attribute.
+    _type, _str, _bytes, _tuple, _len = type, str, bytes, tuple, len
+    _code, _traceback, _frame_owner = types.CodeType, types.TracebackType, {}
+    events, prefixes, memory, libraries = dict(EVENTS), EVENT_PREFIXES, PROCESS_MEMORY, LIBRARY_FOLDERS
+    executed = {module.__file__ for module in list(sys.modules.values()) if _type(getattr(module, "__file__", None)) is _str}
+    inside = [False]  # while the hook looks at a traceback's frame (which raises an event of its own)
+
+    def refuse(event: str, why: str) -> None:
+        raise PermissionError(f"graded code may not do what {event} does ({why}): refused by the grader's replay")
+
+    def ours(trace: Any) -> bool:
+        """Whether a traceback entry's frame is the hook's or the meter's."""
+        inside[0] = True
+        try:
+            return trace.tb_frame.f_code in _frame_owner
+        finally:
+            inside[0] = False
+
+    def hook(event: Any, args: Any, _keep: Any = (meter, floor)) -> None:
+        if inside[0] or _type(event) is not _str or _type(args) is not _tuple:
+            return
+        if event == meter_event:
+            meter(args[0] if _len(args) == 1 and _type(args[0]) is _str else None)
+        elif event == "exec" and args and _type(args[0]) is _code and _type(args[0].co_filename) is _str:
+            filename = args[0].co_filename
+            if filename in executed:
+                refuse(event, f"runs {filename} again, a library's file already loaded")
+            if filename.startswith(libraries):
+                executed.add(filename)
+        elif event == "open" and args:
+            path = args[0].decode("utf-8", "surrogateescape") if _type(args[0]) is _bytes else args[0]
+            if _type(path) is _str and path.rstrip("/").rsplit("/", 1)[-1] == memory:
+                refuse(event, "opens a process's memory")
+        elif event == "object.__getattr__" and _len(args) == 2 and _type(args[1]) is _str and args[1] == "tb_frame":
+            if _type(args[0]) is _traceback and ours(args[0]):
+                refuse(event, "reaches the frames where the grader keeps its key")
+        elif event in events:
+            refuse(event, events[event])
+        elif event.startswith(prefixes):
+            refuse(event, "reaches memory through ctypes")
+
+    for function in (hook, refuse, ours, meter, *_closure_functions(meter)):
+        _frame_owner[function.__code__] = True
+
+    def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("graded code may not start a thread (it runs without the course's checks): refused by the grader's replay")
+
+    # Python 3.11-3.12 start threads with start_new_thread, 3.13 with start_joinable_thread.
+    for module, names in ((_thread, ("start_new_thread", "start_new", "start_joinable_thread")),
+                          (threading, ("_start_new_thread", "_start_joinable_thread"))):
+        for name in names:
+            if hasattr(module, name):
+                setattr(module, name, no_thread)
+    sys.addaudithook(hook)
+
+
+def _closure_functions(function: Any) -> list[types.FunctionType]:
+    """The functions a closure holds, and theirs (the meter's helpers)."""
+    found, stack = [], [function]
+    while stack:
+        for cell in stack.pop().__closure__ or ():
+            value = cell.cell_contents
+            if isinstance(value, types.FunctionType) and value not in found:
+                found.append(value)
+                stack.append(value)
+    return found

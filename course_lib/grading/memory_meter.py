@@ -1,0 +1,154 @@
+"""Peak memory of a graded call in the replay worker, measured where the notebook's code cannot reach.
+
+``course_lib.memory`` tracks live tensor storages with a PyTorch dispatch mode: code in the same
+process can pop the mode, patch the tracker, or compute with NumPy, which no mode sees. Here the
+measure is taken by what Python code cannot switch off once its controls are gone:
+
+* **PyTorch's allocations** (any device), from PyTorch's profiler with ``profile_memory``: every block
+  allocated during the call, counted from its allocation to its release (a release of a block from
+  before the call is not counted, so freeing memory kept from before gains nothing);
+* **Python's and NumPy's allocations**, from ``tracemalloc`` (NumPy reports its arrays to it), started
+  afresh for the call.
+
+The peak is the sum of the two peaks. ``meter`` takes the profiler's and tracemalloc's controls and
+removes them from every module, so the notebook cannot stop, restart or reset either; the worker's
+audit hook (``confinement``) holds the meter and runs it on the events ``sys.audit(EVENT, "start")``
+and ``sys.audit(EVENT, "stop")``, which the worker raises around the call. The meter writes each
+measure on the reply stream itself, signed with a key only it and the grader know: the notebook's code
+can write on that stream too, and patch whatever the worker uses to write its replies. Any other of
+those events while a measurement runs (the notebook's code can raise them too) spoils it, and an extra
+"stop" adds a line the grader does not expect.
+This file imports nothing of course_lib: it is copied beside the worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import os
+import sys
+import tracemalloc
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch._C._autograd as _autograd
+import torch._C._profiler as _profiler
+
+EVENT = "course.replay.measure"
+# The controls that would stop, restart or reset a measurement, taken away from the notebook.
+_PROFILER_CONTROLS = ("_prepare_profiler", "_enable_profiler", "_disable_profiler", "_enable_profiler_legacy",
+                      "_disable_profiler_legacy")
+_TRACEMALLOC_CONTROLS = ("start", "stop", "reset_peak", "clear_traces")
+
+
+def meter(key: bytes, fd: int) -> Callable[[str | None], None]:
+    """``handle(what)``: runs the meter on an ``EVENT`` ("start", "stop"; None for anything else, which
+    spoils a measurement running). Each measure is written, signed with ``key``, as a line
+    ``meter <count> <bytes or -1> <signature>`` on the file descriptor ``fd`` (the worker's replies):
+    the grader checks the signature and the count, so no other line passes for it.
+
+    Everything it uses is taken now and kept in this closure (no class, no module global is looked up
+    later): the notebook's code may patch builtins, modules and classes afterwards."""
+    profile = torch.autograd.profiler.profile(profile_memory=True)
+    config, activities = profile.config(), profile.kineto_activities
+    profiler = {name: getattr(_autograd, name) for name in _PROFILER_CONTROLS if hasattr(_autograd, name)}
+    traces = {name: getattr(tracemalloc, name) for name in _TRACEMALLOC_CONTROLS}
+    traced, object_traceback = tracemalloc.get_traced_memory, tracemalloc._get_object_traceback
+    write, sign, buffer, failure = os.write, hashlib.blake2b, bytearray, RuntimeError
+    peak_of = _reader()
+    state = {"count": 0, "running": False, "spoiled": False, "sentinel": buffer()}
+    _remove_everywhere([*profiler.values(), *traces.values()])
+
+    def report(peak: int) -> None:
+        state["count"] += 1
+        message = b"%d %d" % (state["count"], peak)
+        signature = sign(message, key=key, digest_size=16).hexdigest().encode()
+        write(fd, b"meter " + message + b" " + signature + b"\n")
+
+    def handle(what: str | None) -> None:
+        if what == "start" and not state["running"]:
+            state["running"], state["spoiled"] = True, False
+            traces["stop"]()
+            traces["start"]()
+            state["sentinel"] = buffer(64)  # traced while tracemalloc runs on from this start
+            profiler["_prepare_profiler"](config, activities)
+            profiler["_enable_profiler"](config, activities)
+        elif what == "stop" and state["running"]:
+            state["running"] = False
+            result = None
+            try:
+                result = profiler["_disable_profiler"]()
+            except failure:  # no session: it was stopped during the call
+                state["spoiled"] = True
+            restarted = object_traceback(state["sentinel"]) is None  # its traces were cleared
+            python_peak = traced()[1]
+            traces["stop"]()
+            report(-1 if state["spoiled"] or restarted or result is None else peak_of(result) + python_peak)
+        elif what == "stop":  # stopped already, by a "stop" that was not the worker's
+            report(-1)
+        else:
+            state["spoiled"] = True
+
+    return handle
+
+
+def signed(line: bytes, key: bytes) -> tuple[int, int] | None:
+    """(count, peak bytes; -1 where the measurement was spoiled) of a meter line signed with ``key``,
+    or None where it is not one."""
+    parts = line.split()
+    if len(parts) != 4 or parts[0] != b"meter":
+        return None
+    message = parts[1] + b" " + parts[2]
+    expected = hashlib.blake2b(message, key=key, digest_size=16).hexdigest().encode()
+    if not hmac.compare_digest(expected, parts[3]):
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+def _reader() -> Callable[[Any], int]:
+    """``peak(result)``: the most bytes that blocks allocated during a profiler session kept alive at once.
+    It uses the profiler's classes' getters and Python's builtins as they are now: the notebook's code
+    may patch either later."""
+    tree = inspect.getattr_static(_autograd._ProfilerResult, "experimental_event_tree")
+    event = {name: inspect.getattr_static(_profiler._ProfilerEvent, name).fget
+             for name in ("children", "tag", "start_time_ns", "extra_fields")}
+    field = {name: inspect.getattr_static(_profiler._ExtraFields_Allocation, name).fget for name in ("ptr", "alloc_size")}
+    allocation, _list, _sorted, _max = _profiler._EventType.Allocation, list, sorted, max
+    same = type(allocation).__eq__  # the enum's comparison, before anything can replace it
+
+    def peak(result: Any) -> int:
+        allocations = []
+        stack = _list(tree(result))
+        while stack:
+            node = stack.pop()
+            stack.extend(event["children"](node))
+            if same(event["tag"](node), allocation):
+                extra = event["extra_fields"](node)
+                allocations.append((event["start_time_ns"](node), field["ptr"](extra), field["alloc_size"](extra)))
+        live: dict[int, int] = {}
+        now = most = 0
+        for _, pointer, size in _sorted(allocations):
+            if size > 0:
+                live[pointer] = live.get(pointer, 0) + size
+                now += size
+                most = _max(most, now)
+            elif pointer in live:  # a release of a block allocated during the session
+                now -= live.pop(pointer)
+        return most
+
+    return peak
+
+
+def _remove_everywhere(controls: list[Any]) -> None:
+    """Delete every module attribute that is one of ``controls`` (``torch.autograd.profiler`` and
+    ``tracemalloc`` import them by name): afterwards only the meter holds them."""
+    wanted = {id(control) for control in controls}
+    for module in list(sys.modules.values()):
+        if not isinstance(module, types.ModuleType):
+            continue
+        namespace = vars(module)
+        for name in [name for name, value in list(namespace.items()) if id(value) in wanted]:
+            del namespace[name]
