@@ -9,8 +9,8 @@ from the notebook:
 * ctypes, and opening a process's memory (``/proc/*/mem``; the sandbox mounts ``/proc`` read-only too);
 * the frames of the hook and of the memory meter, reached through a traceback: they hold the meter's
   signing key (a refusal is raised inside the hook, so its traceback passes through it);
-* running a library's file a second time (``importlib.reload``, ``runpy``, a module deleted from
-  ``sys.modules`` and imported again): it would bring back what the floor took out.
+* running again a file whose functions the floor replaced (``importlib.reload``, ``runpy``, a module
+  deleted from ``sys.modules`` and imported again): it would bring them back.
 
 The hook never runs the notebook's code: it looks only at arguments of Python's exact types and calls
 only what it took when it was installed (the notebook's code may patch builtins, modules and classes
@@ -21,9 +21,7 @@ leads to the meter's key. This file imports nothing of course_lib: it is copied 
 from __future__ import annotations
 
 import _thread
-import os
 import sys
-import sysconfig
 import threading
 import types
 from collections.abc import Callable
@@ -39,18 +37,17 @@ EVENTS = {
 }
 EVENT_PREFIXES = ("ctypes.",)
 PROCESS_MEMORY = "mem"  # /proc/<pid>/mem, however the path is written
-LIBRARY_FOLDERS = tuple(sorted({os.path.join(os.path.abspath(path), "") for key, path in sysconfig.get_paths().items()
-                                if key in ("stdlib", "platstdlib", "purelib", "platlib")}))
 
 
-def confine(meter: Callable[[str | None], None], meter_event: str, floor: Any) -> None:
+def confine(meter: Callable[[str | None], None], meter_event: str, floor: Any, poisoned_event: str) -> None:
     """Install the hook (see the module) for the rest of the process. ``meter`` runs on ``meter_event``;
-    ``floor`` is kept alive."""
+    ``floor`` is kept alive, and the files it replaced functions of (``floor.files``, and those it names
+    later in a ``poisoned_event``) may not run again."""
     # Taken now, kept in this closure: nothing below looks up a module global or a class attribute.
     _type, _str, _bytes, _tuple, _len = type, str, bytes, tuple, len
     _code, _traceback, _frame_owner = types.CodeType, types.TracebackType, {}
-    events, prefixes, memory, libraries = dict(EVENTS), EVENT_PREFIXES, PROCESS_MEMORY, LIBRARY_FOLDERS
-    executed = {module.__file__ for module in list(sys.modules.values()) if _type(getattr(module, "__file__", None)) is _str}
+    events, prefixes, memory = dict(EVENTS), EVENT_PREFIXES, PROCESS_MEMORY
+    poisoned = set(floor.files)  # this hook's own copy: the floor is within the notebook's reach
     inside = [False]  # while the hook looks at a traceback's frame (which raises an event of its own)
 
     def refuse(event: str, why: str) -> None:
@@ -69,12 +66,11 @@ def confine(meter: Callable[[str | None], None], meter_event: str, floor: Any) -
             return
         if event == meter_event:
             meter(args[0] if _len(args) == 1 and _type(args[0]) is _str else None)
+        elif event == poisoned_event and _len(args) == 1 and _type(args[0]) is _str:
+            poisoned.add(args[0])
         elif event == "exec" and args and _type(args[0]) is _code and _type(args[0].co_filename) is _str:
-            filename = args[0].co_filename
-            if filename in executed:
-                refuse(event, f"runs {filename} again, a library's file already loaded")
-            if filename.startswith(libraries):
-                executed.add(filename)
+            if args[0].co_filename in poisoned:
+                refuse(event, f"runs {args[0].co_filename} again, whose functions the floor replaced")
         elif event == "open" and args:
             path = args[0].decode("utf-8", "surrogateescape") if _type(args[0]) is _bytes else args[0]
             if _type(path) is _str and path.rstrip("/").rsplit("/", 1)[-1] == memory:

@@ -22,8 +22,10 @@ This file imports nothing of course_lib: it is copied beside the worker.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import sys
+import sysconfig
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +33,9 @@ from typing import Any
 
 import torch
 
-ALIAS_KEYS_WITHOUT_KERNELS = {"debug"}  # a line of the dispatcher's dump that is not a dispatch key
+ALIAS_KEYS_WITHOUT_KERNELS = {"debug"}
+LIBRARY_FOLDERS = tuple(sorted({os.path.join(os.path.abspath(path), "") for key, path in sysconfig.get_paths().items()
+                                if key in ("stdlib", "platstdlib", "purelib", "platlib")}))  # a line of the dispatcher's dump that is not a dispatch key
 _REGISTERED = re.compile(r"^(\w+)(?:\[alias\])?: registered at")
 
 
@@ -40,6 +44,8 @@ class ShortcutUsed(AssertionError):
     nothing of course_lib)."""
 
 
+POISONED = "course.replay.poisoned"  # the audit event that names a file whose functions were replaced
+_audit = sys.audit
 MARK = "which computes the answer for you"  # in every refusal's message, however PyTorch wraps it (TorchScript)
 
 
@@ -61,6 +67,7 @@ class Floor:
         self.functions = dict(functions)
         self.aten = {name: why for name, why in self.operators.items() if hasattr(torch.ops.aten, name)}
         self.poisoned: set[int] = set()
+        self.files: set[str] = set()  # the files whose functions were replaced: running one again undoes it
         library = torch._C._dispatch_library("IMPL", "aten", "")
         with warnings.catch_warnings():  # "Overriding a previously registered kernel": that is the point
             warnings.simplefilter("ignore")
@@ -85,6 +92,9 @@ class Floor:
             for function, message in _python_implementations(self.aten, self.operators, self.functions):
                 if id(function) not in self.poisoned:  # the first, most specific, message stays
                     self.poisoned.add(id(function))
+                    if function.__code__.co_filename not in self.files:
+                        self.files.add(function.__code__.co_filename)
+                        _audit(POISONED, function.__code__.co_filename)  # the worker's audit hook keeps a list
                     _poison(function, message)
 
 
@@ -161,7 +171,7 @@ def _python_implementations(aten: dict[str, str], operators: dict[str, str],
     named.update({name.rsplit(".", 1)[-1].lstrip("_"): function_message(name, why) for name, why in functions.items()
                   if name.rsplit(".", 1)[-1].lstrip("_") not in named})
     for module_name, module in list(sys.modules.items()):
-        if not isinstance(module, types.ModuleType):
+        if not isinstance(module, types.ModuleType) or not _is_library(module_name, module):
             continue
         for value in list(vars(module).values()):
             for function in _functions_in(value):
@@ -169,6 +179,12 @@ def _python_implementations(aten: dict[str, str], operators: dict[str, str],
                     yield function, modules[function.__module__]
                 elif function.__module__ == module_name and function.__name__.lstrip("_") in named:
                     yield function, named[function.__name__.lstrip("_")]
+
+
+def _is_library(name: str, module: types.ModuleType) -> bool:
+    """Whether a module is a library's (not the notebook's ``__main__``, nor a file of its own)."""
+    file = getattr(module, "__file__", None)
+    return name != "__main__" and (not isinstance(file, str) or os.path.abspath(file).startswith(LIBRARY_FOLDERS))
 
 
 def _functions_in(value: Any, message: str | None = None) -> Iterator[Any]:

@@ -309,7 +309,7 @@ def main() -> None:
     _FLOOR = _BESIDE["floor"].Floor(refused["operators"], refused["functions"])
     meter = _BESIDE["memory_meter"].meter(key, replies.fileno())
     del key
-    _BESIDE["confinement"].confine(meter, _BESIDE["memory_meter"].EVENT, _FLOOR)
+    _BESIDE["confinement"].confine(meter, _BESIDE["memory_meter"].EVENT, _FLOOR, _BESIDE["floor"].POISONED)
     del meter  # the hook holds it, and only the hook: it holds the key
     # The notebook's code runs as __main__, in a module of its own.
     notebook = sys.modules["__main__"] = types.ModuleType("__main__")

@@ -31,7 +31,7 @@ REFUSED = {
     "ctypes": ("import ctypes\nctypes.CDLL(None)", "ctypes.dlopen"),
     "a process's memory": ("open('/proc/self/mem', 'rb')", "opens a process's memory"),
     "a torch module run again": ("import importlib, torch.nn.functional\nimportlib.reload(torch.nn.functional)",
-                                 "a library's file already loaded"),
+                                 "whose functions the floor replaced"),
 }
 
 # Ways to reach a softmax that the in-kernel guard (PyTorch's modes) alone does not stop, each the body of
@@ -117,19 +117,17 @@ def test_the_floor_leaves_a_student_s_own_softmax_alone(worker):
 def test_a_torch_module_loaded_again_gets_no_fresh_copy(worker):
     source = "import sys, torch\ndel sys.modules['torch._refs']\nimport torch._refs"
     reply, _ = worker.request({"op": "run", "source": source, "label": "again"}, {}, 60)
-    assert reply.get("error") == "exception" and "a library's file already loaded" in reply["problem"], reply
+    assert reply.get("error") == "exception" and "whose functions the floor replaced" in reply["problem"], reply
     assert _answer(worker, "def answer(x):\n    return torch._refs.softmax(x, -1)", "refs")["error"] == "shortcut"
 
 
-def test_a_library_imported_later_is_covered_before_the_next_call(worker):
-    # A library the worker had not loaded (written here, as SciPy's `scipy.special.softmax` would be
-    # installed): its function named after a refused operator is refused from the import on.
-    source = ("import sys, os, pathlib\n"
-              "pathlib.Path('more_math.py').write_text('def softmax(x):\\n    e = x.exp()\\n    return e / e.sum(-1, keepdim=True)\\n')\n"
-              "sys.path.insert(0, os.getcwd())\nimport more_math")
+def test_a_library_module_imported_later_is_covered_before_the_next_call(worker):
+    # A module the worker had not loaded (PyTorch's ONNX exporter; SciPy's `scipy.special.softmax` would be
+    # another, where installed): its function named after a refused operator is refused from then on.
+    source = "import torch.onnx.symbolic_opset9 as exporter"
     ran, _ = worker.request({"op": "run", "source": source, "label": "library"}, {}, 60)
     assert ran == {"ok": True}, ran
-    reply = _answer(worker, "def answer(x):\n    return more_math.softmax(x)", "library softmax")
+    reply = _answer(worker, "def answer(x):\n    return exporter.softmax(None, x, -1)", "library softmax")
     assert reply.get("error") == "shortcut" and "it is softmax" in reply["problem"], reply
 
 
