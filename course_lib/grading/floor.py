@@ -142,7 +142,7 @@ def _python_implementations(aten: dict[str, str], operators: dict[str, str],
                             functions: dict[str, str]) -> Iterator[tuple[types.FunctionType, str]]:
     """The Python functions that compute a refused operator or are a refused function: the refused
     functions themselves, the decompositions and Python kernels registered for the operators, every
-    library function named after a refused operator or function (``torch._refs.softmax``, and
+    library function named after a refused operator (``torch._refs.softmax``, and
     ``scipy.special.softmax`` where SciPy is installed), and every function of a refused higher-order
     operator's module (FlexAttention's dense path)."""
     for name, why in functions.items():
@@ -168,8 +168,6 @@ def _python_implementations(aten: dict[str, str], operators: dict[str, str],
             for implementation in operator.py_kernels.values():
                 yield from _functions_in(implementation, operator_message(name, why))
     named = {name.lstrip("_"): operator_message(name, why) for name, why in operators.items()}
-    named.update({name.rsplit(".", 1)[-1].lstrip("_"): function_message(name, why) for name, why in functions.items()
-                  if name.rsplit(".", 1)[-1].lstrip("_") not in named})
     for module_name, module in list(sys.modules.items()):
         if not isinstance(module, types.ModuleType) or not _is_library(module_name, module):
             continue

@@ -286,5 +286,11 @@ def test_multi_head_attention_is_refused_where_sdpa_is(tmp_path):
             q = torch.randn(1, 8, 4)
             reply, _ = _call(started, "answer", (q, q, q))
             assert reply.get("error") == "shortcut" and "multi-head attention" in reply["problem"], (name, reply)
+        # The student's own module, built of nn.Linear (whose forward is not PyTorch's attention), runs.
+        own = ("def answer(q, k, v):\n    project = torch.nn.Linear(q.shape[-1], q.shape[-1])\n"
+               "    weights = (project(q) @ k.transpose(-2, -1)).softmax(-1)\n    return weights @ v")
+        started.request({"op": "run", "source": own, "label": "own"}, {}, 60)
+        reply, _ = _call(started, "answer", (q, q, q))
+        assert "error" not in reply, reply
     finally:
         started.close()
