@@ -39,12 +39,12 @@ EVENT_PREFIXES = ("ctypes.",)
 PROCESS_MEMORY = "mem"  # /proc/<pid>/mem, however the path is written
 
 
-def confine(meter: Callable[[str | None], None], meter_event: str, floor: Any, poisoned_event: str) -> None:
+def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: str, floor: Any, poisoned_event: str) -> None:
     """Install the hook (see the module) for the rest of the process. ``meter`` runs on ``meter_event``;
     ``floor`` is kept alive, and the files it replaced functions of (``floor.files``, and those it names
     later in a ``poisoned_event``) may not run again."""
     # Taken now, kept in this closure: nothing below looks up a module global or a class attribute.
-    _type, _str, _bytes, _tuple, _len = type, str, bytes, tuple, len
+    _type, _str, _bytes, _tuple, _len, _int, _frozenset = type, str, bytes, tuple, len, int, frozenset
     _code, _traceback, _frame_owner = types.CodeType, types.TracebackType, {}
     events, prefixes, memory = dict(EVENTS), EVENT_PREFIXES, PROCESS_MEMORY
     poisoned = set(floor.files)  # this hook's own copy: the floor is within the notebook's reach
@@ -65,7 +65,9 @@ def confine(meter: Callable[[str | None], None], meter_event: str, floor: Any, p
         if inside[0] or _type(event) is not _str or _type(args) is not _tuple:
             return
         if event == meter_event:
-            meter(args[0] if _len(args) == 1 and _type(args[0]) is _str else None)
+            what = args[0] if args and _type(args[0]) is _str else None
+            inputs = args[1] if _len(args) == 2 and _type(args[1]) is _tuple else ()
+            meter(what, _frozenset(i for i in inputs if _type(i) is _int))
         elif event == poisoned_event and _len(args) == 1 and _type(args[0]) is _str:
             poisoned.add(args[0])
         elif event == "exec" and args and _type(args[0]) is _code and _type(args[0].co_filename) is _str:

@@ -6,14 +6,16 @@ measure is taken by what Python code cannot switch off once its controls are gon
 
 * **PyTorch's allocations** (any device), from PyTorch's profiler with ``profile_memory``: every block
   allocated during the call, counted from its allocation to its release (a release of a block from
-  before the call is not counted, so freeing memory kept from before gains nothing);
+  before the call is not counted, so freeing memory kept from before gains nothing); and every tensor
+  kept from before the call, other than its inputs, that an operation reads or writes (so a buffer made
+  beforehand and filled in place counts too);
 * **Python's and NumPy's allocations**, from ``tracemalloc`` (NumPy reports its arrays to it), started
   afresh for the call.
 
 The peak is the sum of the two peaks. ``meter`` takes the profiler's and tracemalloc's controls and
 removes them from every module, so the notebook cannot stop, restart or reset either; the worker's
-audit hook (``confinement``) holds the meter and runs it on the events ``sys.audit(EVENT, "start")``
-and ``sys.audit(EVENT, "stop")``, which the worker raises around the call. The meter writes each
+audit hook (``confinement``) holds the meter and runs it on the events ``sys.audit(EVENT, "start",
+inputs)`` and ``sys.audit(EVENT, "stop")``, which the worker raises around the call. The meter writes each
 measure on the reply stream itself, signed with a key only it and the grader know: the notebook's code
 can write on that stream too, and patch whatever the worker uses to write its replies. Any other of
 those events while a measurement runs (the notebook's code can raise them too) spoils it, and an extra
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+import math
 import os
 import sys
 import tracemalloc
@@ -44,22 +47,22 @@ _PROFILER_CONTROLS = ("_prepare_profiler", "_enable_profiler", "_disable_profile
 _TRACEMALLOC_CONTROLS = ("start", "stop", "reset_peak", "clear_traces")
 
 
-def meter(key: bytes, fd: int) -> Callable[[str | None], None]:
-    """``handle(what)``: runs the meter on an ``EVENT`` ("start", "stop"; None for anything else, which
-    spoils a measurement running). Each measure is written, signed with ``key``, as a line
+def meter(key: bytes, fd: int) -> Callable[[str | None, frozenset[int]], None]:
+    """``handle(what, inputs)``: runs the meter on an ``EVENT`` ("start", with the addresses of the call's
+    input storages, or "stop"; None for anything else, which spoils a measurement running). Each measure is written, signed with ``key``, as a line
     ``meter <count> <bytes or -1> <signature>`` on the file descriptor ``fd`` (the worker's replies):
     the grader checks the signature and the count, so no other line passes for it.
 
     Everything it uses is taken now and kept in this closure (no class, no module global is looked up
     later): the notebook's code may patch builtins, modules and classes afterwards."""
-    profile = torch.autograd.profiler.profile(profile_memory=True)
+    profile = torch.autograd.profiler.profile(profile_memory=True, record_shapes=True)
     config, activities = profile.config(), profile.kineto_activities
     profiler = {name: getattr(_autograd, name) for name in _PROFILER_CONTROLS if hasattr(_autograd, name)}
     traces = {name: getattr(tracemalloc, name) for name in _TRACEMALLOC_CONTROLS}
     traced, object_traceback = tracemalloc.get_traced_memory, tracemalloc._get_object_traceback
     write, sign, buffer, failure = os.write, hashlib.blake2b, bytearray, RuntimeError
     peak_of = _reader()
-    state = {"count": 0, "running": False, "spoiled": False, "sentinel": buffer()}
+    state = {"count": 0, "running": False, "spoiled": False, "sentinel": buffer(), "inputs": frozenset()}
     _remove_everywhere([*profiler.values(), *traces.values()])
 
     def report(peak: int) -> None:
@@ -68,9 +71,9 @@ def meter(key: bytes, fd: int) -> Callable[[str | None], None]:
         signature = sign(message, key=key, digest_size=16).hexdigest().encode()
         write(fd, b"meter " + message + b" " + signature + b"\n")
 
-    def handle(what: str | None) -> None:
+    def handle(what: str | None, inputs: frozenset[int]) -> None:
         if what == "start" and not state["running"]:
-            state["running"], state["spoiled"] = True, False
+            state["running"], state["spoiled"], state["inputs"] = True, False, inputs
             traces["stop"]()
             traces["start"]()
             state["sentinel"] = buffer(64)  # traced while tracemalloc runs on from this start
@@ -86,7 +89,8 @@ def meter(key: bytes, fd: int) -> Callable[[str | None], None]:
             restarted = object_traceback(state["sentinel"]) is None  # its traces were cleared
             python_peak = traced()[1]
             traces["stop"]()
-            report(-1 if state["spoiled"] or restarted or result is None else peak_of(result) + python_peak)
+            spoiled = state["spoiled"] or restarted or result is None
+            report(-1 if spoiled else peak_of(result, state["inputs"]) + python_peak)
         elif what == "stop":  # stopped already, by a "stop" that was not the worker's
             report(-1)
         else:
@@ -108,26 +112,40 @@ def signed(line: bytes, key: bytes) -> tuple[int, int] | None:
     return int(parts[1]), int(parts[2])
 
 
-def _reader() -> Callable[[Any], int]:
-    """``peak(result)``: the most bytes that blocks allocated during a profiler session kept alive at once.
-    It uses the profiler's classes' getters and Python's builtins as they are now: the notebook's code
-    may patch either later."""
+def _reader() -> Callable[[Any, frozenset[int]], int]:
+    """``measure(result, inputs)``: from a profiler session, the most bytes that blocks allocated during
+    it kept alive at once, plus the bytes of every tensor kept from before it (other than the storages
+    ``inputs``, by address) that an operation read or wrote — a buffer made before the call and written
+    in place is memory the call used. It uses the profiler's classes' getters and Python's builtins as
+    they are now: the notebook's code may patch either later."""
     tree = inspect.getattr_static(_autograd._ProfilerResult, "experimental_event_tree")
     event = {name: inspect.getattr_static(_profiler._ProfilerEvent, name).fget
              for name in ("children", "tag", "start_time_ns", "extra_fields")}
     field = {name: inspect.getattr_static(_profiler._ExtraFields_Allocation, name).fget for name in ("ptr", "alloc_size")}
-    allocation, _list, _sorted, _max = _profiler._EventType.Allocation, list, sorted, max
+    operands = inspect.getattr_static(_profiler._ExtraFields_TorchOp, "inputs").fget
+    tensor = {name: inspect.getattr_static(_profiler._TensorMetadata, name).fget
+              for name in ("storage_data_ptr", "sizes", "dtype")}
+    allocation, operation = _profiler._EventType.Allocation, _profiler._EventType.TorchOp
+    _list, _sorted, _max, _sum, _type, _prod = list, sorted, max, sum, type, math.prod
+    _metadata = _profiler._TensorMetadata
     same = type(allocation).__eq__  # the enum's comparison, before anything can replace it
 
-    def peak(result: Any) -> int:
-        allocations = []
+    def measure(result: Any, inputs: frozenset[int]) -> int:
+        allocations, touched = [], {}
         stack = _list(tree(result))
         while stack:
             node = stack.pop()
             stack.extend(event["children"](node))
-            if same(event["tag"](node), allocation):
+            kind = event["tag"](node)
+            if same(kind, allocation):
                 extra = event["extra_fields"](node)
                 allocations.append((event["start_time_ns"](node), field["ptr"](extra), field["alloc_size"](extra)))
+            elif same(kind, operation):
+                for operand in operands(event["extra_fields"](node)):
+                    if _type(operand) is _metadata and tensor["storage_data_ptr"](operand):
+                        pointer = tensor["storage_data_ptr"](operand)
+                        size = _prod(tensor["sizes"](operand)) * tensor["dtype"](operand).itemsize
+                        touched[pointer] = _max(touched.get(pointer, 0), size)
         live: dict[int, int] = {}
         now = most = 0
         for _, pointer, size in _sorted(allocations):
@@ -137,9 +155,11 @@ def _reader() -> Callable[[Any], int]:
                 most = _max(most, now)
             elif pointer in live:  # a release of a block allocated during the session
                 now -= live.pop(pointer)
-        return most
+        made = {pointer for _, pointer, size in allocations if size > 0}
+        kept = _sum(size for pointer, size in touched.items() if pointer not in made and pointer not in inputs)
+        return most + kept
 
-    return peak
+    return measure
 
 
 def _remove_everywhere(controls: list[Any]) -> None:

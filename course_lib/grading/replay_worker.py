@@ -193,8 +193,9 @@ def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, 
         target = getattr(_beside(module_name), function)(target, **options)
     if header.get("measure"):  # by the meter the audit hook holds: it writes its measure itself
         event = _BESIDE["memory_meter"].EVENT
+        inputs = tuple(a.untyped_storage().data_ptr() for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
         with torch.no_grad():
-            _audit(event, "start")
+            _audit(event, "start", inputs)
             try:
                 result = target(*args, **kwargs)
             finally:

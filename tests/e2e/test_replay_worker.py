@@ -220,6 +220,11 @@ HIDDEN_FROM_A_TRACKER = {
     "in NumPy": ("import numpy\ndef answer(q, k, v):\n    a, b, c = q.numpy(), k.numpy(), v.numpy()\n"
                  "    weights = numpy.exp(a @ b.swapaxes(-2, -1) / 8)\n"
                  "    return torch.from_numpy((weights / weights.sum(-1, keepdims=True)) @ c)"),
+    "written into a buffer kept from before the call": (
+        "buffer = torch.zeros(1 << 20)\n"
+        "def answer(q, k, v):\n    scores = buffer[: q.shape[-2] * k.shape[-2]].view(q.shape[-2], k.shape[-2])\n"
+        "    torch.matmul(q[0], k[0].transpose(-2, -1), out=scores)\n    scores.div_(8).exp_()\n"
+        "    scores.div_(scores.sum(-1, keepdim=True))\n    return (scores @ v[0])[None]"),
     "after freeing memory kept from before the call": (
         "ballast = [torch.ones(16 << 20, dtype=torch.uint8)]\n" + DENSE.replace(
             "def answer(q, k, v):\n", "def answer(q, k, v):\n    ballast.clear()\n")),
