@@ -7,13 +7,15 @@ from the notebook:
 * another process or thread (fork, exec, spawn, ``subprocess``, thread starts), another audit hook;
 * unpickling (it calls any importable function by name) and walking the garbage collector's objects;
 * ctypes, and opening a process's memory (``/proc/*/mem``; the sandbox mounts ``/proc`` read-only too);
+* ``mmap`` (memory that the memory meter does not see);
 * the frames of the hook and of the memory meter, reached through a traceback: they hold the meter's
   signing key (a refusal is raised inside the hook, so its traceback passes through it);
 * running again a file whose functions the floor replaced (``importlib.reload``, ``runpy``, a module
   deleted from ``sys.modules`` and imported again): it would bring them back.
 
-The hook never runs the notebook's code: it looks only at arguments of Python's exact types and calls
-only what it took when it was installed (the notebook's code may patch builtins, modules and classes
+The hook never runs the notebook's code: it looks only at arguments of Python's exact types (str,
+int, bytes, tuple; code objects by identity, never by comparison), and calls only what it took when it
+was installed (the notebook's code may patch builtins, modules and classes
 afterwards). So nothing the notebook's code reaches — the worker's frames and modules included —
 leads to the meter's key. This file imports nothing of course_lib: it is copied beside the worker.
 """
@@ -34,6 +36,7 @@ EVENTS = {
     "gc.get_referrers": "walks live objects", "gc.get_referents": "walks live objects",
     "sys.addaudithook": "watches what the grader's replay runs", "sys._current_frames": "reaches the grader's frames",
     "os.symlink": "makes a link (a way around the check on what is opened)", "os.link": "makes a link",
+    "mmap.__new__": "maps memory that the memory meter does not see",
 }
 EVENT_PREFIXES = ("ctypes.",)
 PROCESS_MEMORY = "mem"  # /proc/<pid>/mem, however the path is written
@@ -45,24 +48,27 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
     later in a ``poisoned_event``) may not run again."""
     # Taken now, kept in this closure: nothing below looks up a module global or a class attribute.
     _type, _str, _bytes, _tuple, _len, _int, _frozenset = type, str, bytes, tuple, len, int, frozenset
-    _code, _traceback, _frame_owner = types.CodeType, types.TracebackType, {}
+    _code, _traceback, _id, owners = types.CodeType, types.TracebackType, id, set()
     events, prefixes, memory = dict(EVENTS), EVENT_PREFIXES, PROCESS_MEMORY
     poisoned = set(floor.files)  # this hook's own copy: the floor is within the notebook's reach
-    inside = [False]  # while the hook looks at a traceback's frame (which raises an event of its own)
+    inside = [False]  # while the hook looks at a traceback's frame (which raises events of its own)
 
     def refuse(event: str, why: str) -> None:
         raise PermissionError(f"graded code may not do what {event} does ({why}): refused by the grader's replay")
 
     def ours(trace: Any) -> bool:
-        """Whether a traceback entry's frame is the hook's or the meter's."""
+        """Whether a traceback entry's frame is the hook's or the meter's: by identity, never by a
+        comparison (a code object's constants can be the notebook's objects, with its __eq__)."""
         inside[0] = True
         try:
-            return trace.tb_frame.f_code in _frame_owner
+            return _id(trace.tb_frame.f_code) in owners
         finally:
             inside[0] = False
 
-    def hook(event: Any, args: Any, _keep: Any = (meter, floor)) -> None:
-        if inside[0] or _type(event) is not _str or _type(args) is not _tuple:
+    codes: list[Any] = []
+
+    def hook(event: Any, args: Any, _keep: Any = (meter, floor, codes)) -> None:  # keeps them alive
+        if _type(event) is not _str or _type(args) is not _tuple or (inside[0] and event == "object.__getattr__"):
             return
         if event == meter_event:
             what = args[0] if args and _type(args[0]) is _str else None
@@ -85,8 +91,8 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
         elif event.startswith(prefixes):
             refuse(event, "reaches memory through ctypes")
 
-    for function in (hook, refuse, ours, meter, *_closure_functions(meter)):
-        _frame_owner[function.__code__] = True
+    codes.extend(function.__code__ for function in (hook, refuse, ours, meter, *_closure_functions(meter)))
+    owners.update(_id(code) for code in codes)  # the functions live on, and so do their codes
 
     def no_thread(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError("graded code may not start a thread (it runs without the course's checks): refused by the grader's replay")

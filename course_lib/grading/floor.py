@@ -15,7 +15,9 @@ process can pop or step around; a kernel that is no longer there cannot be stepp
   the function — a module attribute, a decomposition table, a closure — reaches the raising code.
 
 The worker has the floor go through the modules again before each graded call, for those the
-notebook's code imported since; its audit hook (``confinement``) refuses running a library's file again.
+notebook's code imported since (one imported inside a graded function is gone through before the next
+call, and every exercise makes several); its audit hook (``confinement``) refuses running again a
+file whose functions were replaced.
 This file imports nothing of course_lib: it is copied beside the worker.
 """
 
@@ -34,6 +36,9 @@ from typing import Any
 import torch
 
 ALIAS_KEYS_WITHOUT_KERNELS = {"debug"}
+# Library modules whose functions compute a refused operator under other names: every function of
+# theirs is refused with it (Inductor's attention patterns are SDPA written out).
+COMPUTING_MODULES = {"scaled_dot_product_attention": ("torch._inductor.fx_passes.fuse_attention",)}
 LIBRARY_FOLDERS = tuple(sorted({os.path.join(os.path.abspath(path), "") for key, path in sysconfig.get_paths().items()
                                 if key in ("stdlib", "platstdlib", "purelib", "platlib")}))  # a line of the dispatcher's dump that is not a dispatch key
 _REGISTERED = re.compile(r"^(\w+)(?:\[alias\])?: registered at")
@@ -143,8 +148,9 @@ def _python_implementations(aten: dict[str, str], operators: dict[str, str],
     """The Python functions that compute a refused operator or are a refused function: the refused
     functions themselves, the decompositions and Python kernels registered for the operators, every
     library function named after a refused operator (``torch._refs.softmax``, and
-    ``scipy.special.softmax`` where SciPy is installed), and every function of a refused higher-order
-    operator's module (FlexAttention's dense path)."""
+    ``scipy.special.softmax`` where SciPy is installed, Triton's ``tl.softmax``), and every function of a
+    refused higher-order operator's module (FlexAttention's dense path) or of a module that computes a
+    refused operator under other names (``COMPUTING_MODULES``)."""
     for name, why in functions.items():
         target = _resolve(name)
         if isinstance(target, types.FunctionType):
@@ -167,6 +173,8 @@ def _python_implementations(aten: dict[str, str], operators: dict[str, str],
             modules[type(operator).__module__] = operator_message(name, why)
             for implementation in operator.py_kernels.values():
                 yield from _functions_in(implementation, operator_message(name, why))
+    for name, why in operators.items():
+        modules.update(dict.fromkeys(COMPUTING_MODULES.get(name, ()), operator_message(name, why)))
     named = {name.lstrip("_"): operator_message(name, why) for name, why in operators.items()}
     for module_name, module in list(sys.modules.items()):
         if not isinstance(module, types.ModuleType) or not _is_library(module_name, module):
@@ -200,10 +208,16 @@ def _functions_in(value: Any, message: str | None = None) -> Iterator[Any]:
 
 
 def _function_of(value: Any) -> Any:
-    """The function of a method or of a static or class method; anything else as it is. Only types are
-    looked at: an attribute of some of torch's objects runs code (CUDA's initialisation)."""
+    """The function of a method, of a static or class method, or of a Triton kernel function (whose
+    Python function Triton's interpreter runs); anything else as it is. Only types and instance
+    dictionaries are looked at: an attribute of some of torch's objects runs code (CUDA's start)."""
     if issubclass(type(value), (staticmethod, classmethod, types.MethodType)):
         return value.__func__
+    module = getattr(type(value), "__module__", None)
+    if isinstance(module, str) and module.startswith("triton") and isinstance(getattr(value, "__dict__", None), dict):
+        inner = value.__dict__.get("fn")
+        if isinstance(inner, types.FunctionType):
+            return inner
     return value
 
 

@@ -29,6 +29,7 @@ REFUSED = {
     "unpickling": ("import pickle\npickle.loads(pickle.dumps(print))", "pickle.find_class"),
     "the garbage collector's objects": ("import gc\ngc.get_objects()", "gc.get_objects"),
     "ctypes": ("import ctypes\nctypes.CDLL(None)", "ctypes.dlopen"),
+    "mmap": ("import mmap\nmmap.mmap(-1, 4096)", "the memory meter does not see"),
     "a process's memory": ("open('/proc/self/mem', 'rb')", "opens a process's memory"),
     "a torch module run again": ("import importlib, torch.nn.functional\nimportlib.reload(torch.nn.functional)",
                                  "whose functions the floor replaced"),
@@ -56,6 +57,11 @@ ESCAPES = {
     "a masked softmax": ("def answer(x):\n    return torch.masked.softmax(x, -1)"),
     "the Python dispatcher": ("def answer(x):\n    torch._C._EnablePythonDispatcher()\n    return torch.softmax(x, -1)"),
     "vmap": ("def answer(x):\n    return torch.vmap(lambda row: row.softmax(-1))(x)"),
+    "Triton's softmax": ("import triton, triton.language as tl\n@triton.jit\ndef rows(X, Y, N: tl.constexpr):\n"
+                         "    r = tl.program_id(0)\n    c = tl.arange(0, N)\n"
+                         "    tl.store(Y + r * N + c, tl.softmax(tl.load(X + r * N + c)))\n"
+                         "def answer(x):\n    x = torch.nn.functional.pad(x, (0, 3), value=float('-inf'))\n"
+                         "    y = torch.empty_like(x)\n    rows[(x.shape[0],)](x, y, x.shape[1])\n    return y[:, :5]"),
     "TorchScript": ("def soft(x):\n    return torch.softmax(x, -1)\nscripted = torch.jit.script(soft)\n"
                     "def answer(x):\n    return scripted(x)"),
     "PyTorch's SDPA": ("import torch.nn.functional as F\ndef answer(x):\n"
@@ -195,6 +201,14 @@ RED_TEAM = {
     "/proc/self/mem relative to a folder": (
         "import os\nfolder = os.open('/proc/self', os.O_RDONLY)\ntry:\n    os.open('mem', os.O_RDONLY, dir_fd=folder)\n"
         "except PermissionError as error:\n    assert 'memory' in str(error)\nelse:\n    raise AssertionError('opened')"),
+    # (a second red team) code run inside the hook, through the hash of a code object whose constants
+    # are the notebook's objects, which the hook looked up when it checked a traceback's frame
+    "the notebook's code run inside the hook": (
+        "import sys\nreached = []\nclass Hashed:\n    def __hash__(self):\n        reached.append(sys._getframe(1).f_code.co_name)\n"
+        "        return 1\n    def __eq__(self, other):\n        return False\n"
+        "def fails():\n    raise ValueError\nfails.__code__ = fails.__code__.replace(co_consts=fails.__code__.co_consts + (Hashed(),))\n"
+        "try:\n    fails()\nexcept ValueError as error:\n    error.__traceback__.tb_next.tb_frame\n"
+        "assert not reached, reached"),
     "/proc mounted read-only, under the hook": (  # so no path the hook misses opens mem for writing
         "mounts = [line.split() for line in open('/proc/mounts')]\n"
         "assert any(m[1] == '/proc' and 'ro' in m[3].split(',') for m in mounts), mounts"),
@@ -270,11 +284,15 @@ def test_a_measure_the_notebook_tampers_with_ends_the_worker(tmp_path, name):
         started.close()
 
 
-# Multi-head attention with identity projections is SDPA: where softmax is allowed (lesson 05's SDPA
-# exercise), PyTorch's multi-head attention modules are refused as SDPA is.
+# Multi-head attention with identity projections is SDPA, and Inductor's attention patterns are SDPA
+# written out: where softmax is allowed (lesson 05's SDPA exercise), they are refused as SDPA is.
 MULTI_HEAD = {
-    "nn.MultiheadAttention": "torch.nn.MultiheadAttention",
-    "the quantizable one": "torch.ao.nn.quantizable.MultiheadAttention",
+    "nn.MultiheadAttention": ("    attention = torch.nn.MultiheadAttention(q.shape[-1], 1, bias=False, batch_first=True)\n"
+                              "    return attention(q, k, v, need_weights=True)[0]"),
+    "the quantizable one": ("    attention = torch.ao.nn.quantizable.MultiheadAttention(q.shape[-1], 1, bias=False, batch_first=True)\n"
+                            "    return attention(q, k, v, need_weights=True)[0]"),
+    "Inductor's attention pattern": ("    from torch._inductor.fx_passes.fuse_attention import _sfdp_pattern_1\n"
+                                     "    return _sfdp_pattern_1(q, k, v, q.shape[-1] ** 0.5)"),
 }
 
 
@@ -282,15 +300,14 @@ def test_multi_head_attention_is_refused_where_sdpa_is(tmp_path):
     started = outside.ReplayWorker(refused=outside.torch_shortcuts(SCALED_DOT_PRODUCT_ATTENTION), hidden=[tmp_path],
                                    limits=sandbox.Limits(), cell_timeout=60)
     try:
-        for name, module in MULTI_HEAD.items():
-            source = (f"import torch, torch.ao.nn.quantizable\ndef answer(q, k, v):\n"
-                      f"    attention = {module}(q.shape[-1], 1, bias=False, batch_first=True)\n"
-                      "    return attention(q, k, v, need_weights=True)[0]")
+        for name, body in MULTI_HEAD.items():
+            source = "import torch, torch.ao.nn.quantizable\ndef answer(q, k, v):\n" + body
             ran, _ = started.request({"op": "run", "source": source, "label": name}, {}, 60)
             assert ran == {"ok": True}, ran
             q = torch.randn(1, 8, 4)
-            reply, _ = _call(started, "answer", (q, q, q))
-            assert reply.get("error") == "shortcut" and "multi-head attention" in reply["problem"], (name, reply)
+            _call(started, "answer", (q, q, q))  # a module first imported inside the call is gone through
+            reply, _ = _call(started, "answer", (q, q, q))  # before the next one (an exercise makes several)
+            assert reply.get("error") == "shortcut" and "attention" in reply["problem"], (name, reply)
         # The student's own module, built of nn.Linear (whose forward is not PyTorch's attention), runs.
         own = ("def answer(q, k, v):\n    project = torch.nn.Linear(q.shape[-1], q.shape[-1])\n"
                "    weights = (project(q) @ k.transpose(-2, -1)).softmax(-1)\n    return weights @ v")
