@@ -14,8 +14,8 @@ from the notebook:
   deleted from ``sys.modules`` and imported again): it would bring them back.
 
 The hook never runs the notebook's code: it looks only at arguments of Python's exact types (str,
-int, bytes, tuple; code objects by identity, never by comparison), and calls only what it took when it
-was installed (the notebook's code may patch builtins, modules and classes
+int, bytes, tuple; code objects by identity, never by comparison), calls only what it took when it
+was installed, and holds the garbage collector off while it runs (a collection runs finalizers) (the notebook's code may patch builtins, modules and classes
 afterwards). So nothing the notebook's code reaches — the worker's frames and modules included —
 leads to the meter's key. This file imports nothing of course_lib: it is copied beside the worker.
 """
@@ -23,6 +23,7 @@ leads to the meter's key. This file imports nothing of course_lib: it is copied 
 from __future__ import annotations
 
 import _thread
+import gc
 import sys
 import threading
 import types
@@ -51,7 +52,9 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
     _code, _traceback, _id, owners = types.CodeType, types.TracebackType, id, set()
     events, prefixes, memory = dict(EVENTS), EVENT_PREFIXES, PROCESS_MEMORY
     poisoned = set(floor.files)  # this hook's own copy: the floor is within the notebook's reach
-    inside = [False]  # while the hook looks at a traceback's frame (which raises events of its own)
+    inside = [False]  # while the hook or the meter raise events of their own (frames, gc walks)
+    nested = frozenset({"object.__getattr__", "gc.get_objects", "gc.get_referents"})
+    _gc_on, _gc_off, _gc_back = gc.isenabled, gc.disable, gc.enable
 
     def refuse(event: str, why: str) -> None:
         raise PermissionError(f"graded code may not do what {event} does ({why}): refused by the grader's replay")
@@ -68,12 +71,25 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
     codes: list[Any] = []
 
     def hook(event: Any, args: Any, _keep: Any = (meter, floor, codes)) -> None:  # keeps them alive
-        if _type(event) is not _str or _type(args) is not _tuple or (inside[0] and event == "object.__getattr__"):
+        if _type(event) is not _str or _type(args) is not _tuple or (inside[0] and event in nested):
             return
+        collecting = _gc_on()
+        _gc_off()  # no collection while the hook runs: a collection runs the notebook's finalizers
+        try:
+            check(event, args)
+        finally:
+            if collecting:
+                _gc_back()
+
+    def check(event: str, args: tuple) -> None:
         if event == meter_event:
             what = args[0] if args and _type(args[0]) is _str else None
             inputs = args[1] if _len(args) == 2 and _type(args[1]) is _tuple else ()
-            meter(what, _frozenset(i for i in inputs if _type(i) is _int))
+            inside[0] = True  # the meter walks the garbage collector's objects
+            try:
+                meter(what, _frozenset(i for i in inputs if _type(i) is _int))
+            finally:
+                inside[0] = False
         elif event == poisoned_event and _len(args) == 1 and _type(args[0]) is _str:
             poisoned.add(args[0])
         elif event == "exec" and args and _type(args[0]) is _code and _type(args[0].co_filename) is _str:
@@ -91,7 +107,7 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
         elif event.startswith(prefixes):
             refuse(event, "reaches memory through ctypes")
 
-    codes.extend(function.__code__ for function in (hook, refuse, ours, meter, *_closure_functions(meter)))
+    codes.extend(function.__code__ for function in (hook, check, refuse, ours, meter, *_closure_functions(meter)))
     owners.update(_id(code) for code in codes)  # the functions live on, and so do their codes
 
     def no_thread(*args: Any, **kwargs: Any) -> Any:

@@ -25,6 +25,7 @@ This file imports nothing of course_lib: it is copied beside the worker.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import inspect
@@ -62,6 +63,7 @@ def meter(key: bytes, fd: int) -> Callable[[str | None, frozenset[int]], None]:
     traced, object_traceback = tracemalloc.get_traced_memory, tracemalloc._get_object_traceback
     write, sign, buffer, failure = os.write, hashlib.blake2b, bytearray, RuntimeError
     peak_of = _reader()
+    snapshot, changed = _buffer_watch()
     state = {"count": 0, "running": False, "spoiled": False, "sentinel": buffer(), "inputs": frozenset()}
     _remove_everywhere([*profiler.values(), *traces.values()])
 
@@ -74,6 +76,7 @@ def meter(key: bytes, fd: int) -> Callable[[str | None, frozenset[int]], None]:
     def handle(what: str | None, inputs: frozenset[int]) -> None:
         if what == "start" and not state["running"]:
             state["running"], state["spoiled"], state["inputs"] = True, False, inputs
+            state["buffers"] = snapshot()
             traces["stop"]()
             traces["start"]()
             state["sentinel"] = buffer(64)  # traced while tracemalloc runs on from this start
@@ -90,13 +93,80 @@ def meter(key: bytes, fd: int) -> Callable[[str | None, frozenset[int]], None]:
             python_peak = traced()[1]
             traces["stop"]()
             spoiled = state["spoiled"] or restarted or result is None
-            report(-1 if spoiled else peak_of(result, state["inputs"]) + python_peak)
+            written = changed(state.pop("buffers"))
+            report(-1 if spoiled else peak_of(result, state["inputs"]) + python_peak + written)
         elif what == "stop":  # stopped already, by a "stop" that was not the worker's
             report(-1)
         else:
             state["spoiled"] = True
 
     return handle
+
+
+def _buffer_watch() -> tuple[Callable[[], list[Any]], Callable[[list[Any]], int]]:
+    """``snapshot()``: the buffers the process holds — NumPy arrays, bytearrays, CPU tensors — found
+    from every object the garbage collector tracks (and the untracked tuples, dicts, lists and object
+    arrays among them, a few levels deep), each with a digest of its bytes; ``changed(snapshot)``: the
+    bytes of those whose contents changed since. NumPy writing in place into an array made before the
+    call (``out=``) allocates nothing and runs no PyTorch operation: this is how the meter sees it."""
+    objects, referents, tracked = gc.get_objects, gc.get_referents, gc.is_tracked
+    _type, _id, _bytes, digest = type, id, bytes, hashlib.blake2b
+    tensors = (torch.Tensor, torch.nn.Parameter)
+    detach, to_numpy = torch._C.TensorBase.detach, torch._C.TensorBase.numpy
+    on_cpu = inspect.getattr_static(torch._C.TensorBase, "is_cpu").__get__
+    containers = (tuple, dict, list)
+    try:
+        import numpy  # noqa: PLC0415
+        ndarray, tobytes, ravel = numpy.ndarray, numpy.ndarray.tobytes, numpy.ndarray.ravel
+        has_objects = inspect.getattr_static(numpy.dtype, "hasobject").__get__
+        dtype_of = inspect.getattr_static(numpy.ndarray, "dtype").__get__
+        listed = numpy.ndarray.tolist
+    except ImportError:
+        ndarray = None
+
+    def contents(buffer: Any) -> bytes | None:
+        kind = _type(buffer)
+        try:
+            if kind is ndarray:
+                return tobytes(buffer)
+            if kind is bytearray:
+                return _bytes(buffer)
+            if kind in tensors and on_cpu(buffer):
+                return tobytes(to_numpy(detach(buffer)))
+        except (TypeError, RuntimeError, ValueError):  # a tensor NumPy cannot view (sparse, meta, ...)
+            return None
+        return None
+
+    def snapshot() -> list[Any]:
+        found, seen = [], set()
+        frontier = referents(*objects())
+        for _ in range(4):
+            deeper = []
+            for value in frontier:
+                kind = _type(value)
+                if _id(value) in seen:
+                    continue
+                seen.add(_id(value))
+                if kind is ndarray and has_objects(dtype_of(value)):
+                    deeper.extend(listed(ravel(value)))
+                elif kind is ndarray or kind is bytearray or kind in tensors:
+                    data = contents(value)
+                    if data is not None:
+                        found.append((value, digest(data).digest(), len(data)))
+                elif kind in containers and not tracked(value):
+                    deeper.extend(referents(value))
+            frontier = deeper
+        return found
+
+    def changed(found: list[Any]) -> int:
+        total = 0
+        for value, before, size in found:
+            data = contents(value)
+            if data is None or digest(data).digest() != before:
+                total += size
+        return total
+
+    return snapshot, changed
 
 
 def signed(line: bytes, key: bytes) -> tuple[int, int] | None:

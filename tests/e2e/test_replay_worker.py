@@ -222,7 +222,8 @@ def test_the_red_team_s_ways_past_the_first_floor_are_closed(worker, name):
 
 
 # Peak memory, measured by the meter the hook holds (PyTorch's profiler and tracemalloc), not by a mode
-# the notebook's code can pop: a dense attention at L = S = 512 keeps two 1 MiB score matrices alive.
+# the notebook's code can pop: a dense attention at L = S = 512 keeps two 1 MiB score matrices alive
+# (one, where it works in place: at least the 1 MiB scores are seen, however they are hidden).
 DENSE = ("def answer(q, k, v):\n    weights = (q @ k.transpose(-2, -1) / 8).exp()\n"
          "    return (weights / weights.sum(-1, keepdim=True)) @ v")
 HIDDEN_FROM_A_TRACKER = {
@@ -239,6 +240,11 @@ HIDDEN_FROM_A_TRACKER = {
         "def answer(q, k, v):\n    scores = buffer[: q.shape[-2] * k.shape[-2]].view(q.shape[-2], k.shape[-2])\n"
         "    torch.matmul(q[0], k[0].transpose(-2, -1), out=scores)\n    scores.div_(8).exp_()\n"
         "    scores.div_(scores.sum(-1, keepdim=True))\n    return (scores @ v[0])[None]"),
+    "in NumPy, in place, into an array made before the call": (  # (a second red team)
+        "import numpy\nbuffer = numpy.empty((1, 512, 512), numpy.float32)\n"
+        "def answer(q, k, v):\n    s = numpy.matmul(q.numpy(), k.numpy().swapaxes(-2, -1), out=buffer)\n"
+        "    numpy.exp(numpy.multiply(s, 1 / 8, out=s), out=s)\n    numpy.divide(s, s.sum(-1, keepdims=True), out=s)\n"
+        "    return torch.from_numpy(s @ v.numpy())"),
     "after freeing memory kept from before the call": (
         "ballast = [torch.ones(16 << 20, dtype=torch.uint8)]\n" + DENSE.replace(
             "def answer(q, k, v):\n", "def answer(q, k, v):\n    ballast.clear()\n")),
@@ -255,12 +261,12 @@ def _measured(worker, source: str, label: str) -> dict:
 @pytest.mark.parametrize("name", list(HIDDEN_FROM_A_TRACKER))
 def test_the_meter_sees_a_dense_computation_however_it_is_hidden(worker, name):
     reply = _measured(worker, HIDDEN_FROM_A_TRACKER[name], name)
-    assert "error" not in reply and reply["peak_bytes"] >= 2 << 20, reply
+    assert "error" not in reply and reply["peak_bytes"] >= 1 << 20, reply
 
 
 def test_the_meter_sees_little_where_little_is_kept(worker):
     reply = _measured(worker, "def answer(q, k, v):\n    return q + v", "small")
-    assert "error" not in reply and reply["peak_bytes"] < 1 << 20, reply
+    assert "error" not in reply and reply["peak_bytes"] < 1 << 18, reply  # the 128 KiB output and a little
 
 
 TAMPERING = {
