@@ -36,8 +36,9 @@ from typing import Any
 import torch
 
 ALIAS_KEYS_WITHOUT_KERNELS = {"debug"}
-# Library modules whose functions compute a refused operator under other names: every function of
-# theirs is refused with it (Inductor's attention patterns are SDPA written out).
+# Library modules whose functions compute a refused operator under other names: every function of theirs
+# is refused with it, once the notebook has imported the module (Inductor's attention patterns are SDPA
+# written out; loading Inductor up front would cost every worker that refuses SDPA about 2.5 s).
 COMPUTING_MODULES = {"scaled_dot_product_attention": ("torch._inductor.fx_passes.fuse_attention",)}
 LIBRARY_FOLDERS = tuple(sorted({os.path.join(os.path.abspath(path), "") for key, path in sysconfig.get_paths().items()
                                 if key in ("stdlib", "platstdlib", "purelib", "platlib")}))  # a line of the dispatcher's dump that is not a dispatch key

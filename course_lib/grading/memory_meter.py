@@ -25,6 +25,7 @@ This file imports nothing of course_lib: it is copied beside the worker.
 
 from __future__ import annotations
 
+import array
 import gc
 import hashlib
 import hmac
@@ -104,56 +105,64 @@ def meter(key: bytes, fd: int) -> Callable[[str | None, frozenset[int]], None]:
 
 
 def _buffer_watch() -> tuple[Callable[[], list[Any]], Callable[[list[Any]], int]]:
-    """``snapshot()``: the buffers the process holds — NumPy arrays, bytearrays, CPU tensors — found
-    from every object the garbage collector tracks (and the untracked tuples, dicts, lists and object
-    arrays among them, a few levels deep), each with a digest of its bytes; ``changed(snapshot)``: the
-    bytes of those whose contents changed since. NumPy writing in place into an array made before the
-    call (``out=``) allocates nothing and runs no PyTorch operation: this is how the meter sees it."""
+    """``snapshot()``: the buffers the process holds — NumPy arrays (and the arrays they view), bytearrays,
+    ``array.array``s, CPU tensors, subclasses of each — found from every object the garbage collector
+    tracks (and the untracked tuples, dicts, lists and object arrays among them, a few levels deep), each
+    with a digest of its bytes; ``changed(snapshot)``: the bytes of those whose contents changed since.
+    NumPy writing in place into an array made before the call (``out=``) allocates nothing and runs no
+    PyTorch operation: this is how the meter sees it. Only C code of these types runs here (a subclass's
+    own methods are never called), so none of the notebook's code runs inside the hook."""
     objects, referents, tracked = gc.get_objects, gc.get_referents, gc.is_tracked
-    _type, _id, _bytes, digest = type, id, bytes, hashlib.blake2b
-    tensors = (torch.Tensor, torch.nn.Parameter)
-    detach, to_numpy = torch._C.TensorBase.detach, torch._C.TensorBase.numpy
+    _type, _id, _bytes, _issubclass, digest, view = type, id, bytes, issubclass, hashlib.blake2b, memoryview
+    _len, _set, _range = len, set, range
+    tensor, detach, to_numpy = torch.Tensor, torch._C.TensorBase.detach, torch._C.TensorBase.numpy
     on_cpu = inspect.getattr_static(torch._C.TensorBase, "is_cpu").__get__
-    containers = (tuple, dict, list)
+    no_function, no_dispatch = torch._C.DisableTorchFunctionSubclass, torch._C._DisableTorchDispatch
+    raw = (bytearray, array.array)
     try:
         import numpy  # noqa: PLC0415
-        ndarray, tobytes, ravel = numpy.ndarray, numpy.ndarray.tobytes, numpy.ndarray.ravel
+        ndarray, tobytes, ravel, listed = numpy.ndarray, numpy.ndarray.tobytes, numpy.ndarray.ravel, numpy.ndarray.tolist
         has_objects = inspect.getattr_static(numpy.dtype, "hasobject").__get__
         dtype_of = inspect.getattr_static(numpy.ndarray, "dtype").__get__
-        listed = numpy.ndarray.tolist
+        base_of = inspect.getattr_static(numpy.ndarray, "base").__get__
     except ImportError:
-        ndarray = None
+        ndarray = type("NoNumPy", (), {})
 
     def contents(buffer: Any) -> bytes | None:
         kind = _type(buffer)
         try:
-            if kind is ndarray:
+            if _issubclass(kind, ndarray):
                 return tobytes(buffer)
-            if kind is bytearray:
-                return _bytes(buffer)
-            if kind in tensors and on_cpu(buffer):
-                return tobytes(to_numpy(detach(buffer)))
-        except (TypeError, RuntimeError, ValueError):  # a tensor NumPy cannot view (sparse, meta, ...)
+            if _issubclass(kind, raw):
+                return _bytes(view(buffer))
+            if _issubclass(kind, tensor) and on_cpu(buffer):
+                with no_function(), no_dispatch():  # a subclass's own hooks are not called
+                    return tobytes(to_numpy(detach(buffer)))
+        except (TypeError, RuntimeError, ValueError, BufferError):  # one NumPy cannot view (sparse, meta, ...)
             return None
         return None
 
     def snapshot() -> list[Any]:
-        found, seen = [], set()
+        found, seen = [], _set()
         frontier = referents(*objects())
-        for _ in range(4):
+        for _ in _range(6):
             deeper = []
             for value in frontier:
                 kind = _type(value)
                 if _id(value) in seen:
                     continue
                 seen.add(_id(value))
-                if kind is ndarray and has_objects(dtype_of(value)):
-                    deeper.extend(listed(ravel(value)))
-                elif kind is ndarray or kind is bytearray or kind in tensors:
+                if _issubclass(kind, ndarray):
+                    if has_objects(dtype_of(value)):
+                        deeper.extend(listed(ravel(value)))
+                        continue
+                    if base_of(value) is not None:
+                        deeper.append(base_of(value))  # the array, or the buffer, that owns the memory
+                if _issubclass(kind, ndarray) or _issubclass(kind, raw) or _issubclass(kind, tensor):
                     data = contents(value)
                     if data is not None:
-                        found.append((value, digest(data).digest(), len(data)))
-                elif kind in containers and not tracked(value):
+                        found.append((value, digest(data).digest(), _len(data)))
+                elif (kind is tuple or kind is dict or kind is list) and not tracked(value):  # identity: no __eq__
                     deeper.extend(referents(value))
             frontier = deeper
         return found

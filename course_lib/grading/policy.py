@@ -65,12 +65,13 @@ MODULE_ATTRIBUTES = frozenset({
     "types", "code", "codeop", "runpy", "pty", "weakref", "atexit", "linecache", "dis", "platform", "shutil",
     "site", "sysconfig", "cffi", "dill", "cloudpickle", "numba",
 })
-# PyTorch's and Python's doors to code that runs elsewhere or is built at run time.
+# PyTorch's and Python's doors to code that runs elsewhere or is built at run time, and NumPy's to any
+# memory of the process (a view with strides of one's choosing, the addresses an array spans).
 REFUSED_ATTRIBUTES = MODULE_ATTRIBUTES | frozenset({
     "library", "cpp_extension", "load_inline", "hub", "package", "compile", "compiler", "get_type_hints",
     "ForwardRef", "attrgetter", "methodcaller", "fx", "CompilationUnit", "switch_backend", "backend_registry",
     "import_item", "importstring", "import_module", "traitlets", "get_field", "resolve_name", "locate",
-    "make_dataclass",
+    "make_dataclass", "as_strided", "byte_bounds", "stride_tricks",
     "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "gi_frame", "gi_code", "cr_frame", "cr_code",
     "ag_frame", "ag_code", "tb_frame", "tb_next", "co_code",
 })

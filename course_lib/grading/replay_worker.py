@@ -159,9 +159,13 @@ def weighted_gradients(result: Any, inputs: dict[str, torch.Tensor]) -> dict[str
 # --- the worker -----------------------------------------------------------------------------------
 
 
-def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+def _cover_new_modules() -> None:
     if len(sys.modules) != _FLOOR.modules:  # the notebook imported modules since: the floor goes through them
         _FLOOR.cover_python()
+
+
+def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    _cover_new_modules()
     name = header["name"]
     if name not in namespace:
         return {"error": "name", "problem": f"the notebook does not define `{name}`"}, {}
@@ -230,7 +234,10 @@ def serve(requests: BinaryIO, replies: BinaryIO, namespace: dict[str, Any]) -> N
             return
         try:
             if header["op"] == "run":
-                exec(_compiled(header["source"], header.get("label", "cell")), namespace)  # noqa: S102
+                try:
+                    exec(_compiled(header["source"], header.get("label", "cell")), namespace)  # noqa: S102
+                finally:
+                    _cover_new_modules()  # before the next cell can copy what a module it imported holds
                 write_message(replies, {"ok": True})
             elif header["op"] == "call":
                 answer, out = _call(namespace, header, tensors)

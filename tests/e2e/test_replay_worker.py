@@ -245,6 +245,17 @@ HIDDEN_FROM_A_TRACKER = {
         "def answer(q, k, v):\n    s = numpy.matmul(q.numpy(), k.numpy().swapaxes(-2, -1), out=buffer)\n"
         "    numpy.exp(numpy.multiply(s, 1 / 8, out=s), out=s)\n    numpy.divide(s, s.sum(-1, keepdims=True), out=s)\n"
         "    return torch.from_numpy(s @ v.numpy())"),
+    "in NumPy, in place, through a subclass's view of an array made before": (  # (a third red team)
+        "import numpy\nclass Hidden(numpy.ndarray):\n    pass\n"
+        "buffer = numpy.empty((1, 512, 512), numpy.float32).view(Hidden)\n"
+        "def answer(q, k, v):\n    s = numpy.matmul(q.numpy(), k.numpy().swapaxes(-2, -1), out=buffer)\n"
+        "    numpy.exp(numpy.multiply(s, 1 / 8, out=s), out=s)\n    numpy.divide(s, s.sum(-1, keepdims=True), out=s)\n"
+        "    return torch.from_numpy(numpy.matmul(s, v.numpy()).view(numpy.ndarray))"),
+    "in NumPy, in place, over an array.array made before": (
+        "import array, numpy\nstore = array.array('f', bytes(4 << 20))\n"
+        "def answer(q, k, v):\n    s = numpy.frombuffer(store, numpy.float32)[: 512 * 512].reshape(1, 512, 512)\n"
+        "    numpy.matmul(q.numpy(), k.numpy().swapaxes(-2, -1), out=s)\n    numpy.exp(s / 8, out=s)\n"
+        "    numpy.divide(s, s.sum(-1, keepdims=True), out=s)\n    return torch.from_numpy(s @ v.numpy())"),
     "after freeing memory kept from before the call": (
         "ballast = [torch.ones(16 << 20, dtype=torch.uint8)]\n" + DENSE.replace(
             "def answer(q, k, v):\n", "def answer(q, k, v):\n    ballast.clear()\n")),

@@ -47,6 +47,11 @@ REFUSED = {
     "a metaclass": ("class Hook(torch.Tensor, metaclass=builder):\n    pass", "a metaclass for `Hook`"),
     "a dataclass built from a dict": ("import dataclasses\nH = dataclasses.make_dataclass('H', [], namespace={})",
                                       "`.make_dataclass`"),
+    # What a third red team used to read and write any memory of the replay worker:
+    "a view past an array's end": ("import numpy\nv = numpy.lib.stride_tricks.as_strided(a, (1 << 30,), (1,))",
+                                   "`.as_strided`"),
+    "the addresses an array spans": ("start, end = numpy.byte_bounds(a)", "`.byte_bounds`"),
+    "an array over any address": ("class At:\n    __array_interface__ = {'data': (1, False)}", "`__array_interface__`"),
 }
 
 
