@@ -10,13 +10,16 @@ measure is taken by what Python code cannot switch off once its controls are gon
   kept from before the call, other than its inputs, that an operation reads or writes (so a buffer made
   beforehand and filled in place counts too);
 * **Python's and NumPy's allocations**, from ``tracemalloc`` (NumPy reports its arrays to it), started
-  afresh for the call.
+  afresh for the call;
+* **buffers kept from before the call and written during it** (NumPy arrays, bytearrays, ``array.array``,
+  CPU tensors: ``_buffer_watch``), which NumPy can fill in place without allocating or running any
+  PyTorch operation.
 
-The peak is the sum of the two peaks. ``meter`` takes the profiler's and tracemalloc's controls and
+The measure is the sum of the three. ``meter`` takes the profiler's and tracemalloc's controls and
 removes them from every module, so the notebook cannot stop, restart or reset either; the worker's
 audit hook (``confinement``) holds the meter and runs it on the events ``sys.audit(EVENT, "start",
-inputs)`` and ``sys.audit(EVENT, "stop")``, which the worker raises around the call. The meter writes each
-measure on the reply stream itself, signed with a key only it and the grader know: the notebook's code
+inputs)`` and ``sys.audit(EVENT, "stop")``, which the worker raises around the call. The meter writes
+each measure on the reply stream itself, signed with a key only it and the grader know: the notebook's code
 can write on that stream too, and patch whatever the worker uses to write its replies. Any other of
 those events while a measurement runs (the notebook's code can raise them too) spoils it, and an extra
 "stop" adds a line the grader does not expect.
@@ -51,9 +54,10 @@ _TRACEMALLOC_CONTROLS = ("start", "stop", "reset_peak", "clear_traces")
 
 def meter(key: bytes, fd: int) -> Callable[[str | None, frozenset[int]], None]:
     """``handle(what, inputs)``: runs the meter on an ``EVENT`` ("start", with the addresses of the call's
-    input storages, or "stop"; None for anything else, which spoils a measurement running). Each measure is written, signed with ``key``, as a line
-    ``meter <count> <bytes or -1> <signature>`` on the file descriptor ``fd`` (the worker's replies):
-    the grader checks the signature and the count, so no other line passes for it.
+    input storages, or "stop"; None for anything else, which spoils a measurement running). Each
+    measure is written, signed with ``key``, as a line ``meter <count> <bytes or -1> <signature>`` on
+    the file descriptor ``fd`` (the worker's replies): the grader checks the signature and the count,
+    so no other line passes for it.
 
     Everything it uses is taken now and kept in this closure (no class, no module global is looked up
     later): the notebook's code may patch builtins, modules and classes afterwards."""
