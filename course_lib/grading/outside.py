@@ -252,9 +252,10 @@ def _torch_name(function: Any) -> str:
     """The qualified name by which the worker's floor finds a refused function again."""
     if isinstance(function, (torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
         return str(function)  # aten.gru_cell: the floor refuses the operator
+    resolved = resolve_name(function)
+    if resolved:
+        return resolved
     module, qualname = getattr(function, "__module__", None), getattr(function, "__qualname__", None)
-    if resolve_name(function):
-        return resolve_name(function)
     if qualname:  # a Python method (torch.ao's quantizable attention), or one of torch's C functions
         return f"{module or 'torch'}.{qualname}"
     return str(function)

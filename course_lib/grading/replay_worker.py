@@ -25,7 +25,6 @@ import json
 import linecache
 import os
 import sys
-import sysconfig
 import types
 from typing import Any, BinaryIO
 
