@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 
 from course_lib import attention, runtime
+from course_lib.grading import compare
 from course_lib.grading.forbidden import PYTORCH_FLEX_ATTENTION, PYTORCH_SDPA
 from course_lib.grading.framework import Behaviour, Case, Exercise, Mistake, variant
 from course_lib.runtime import Tolerance
@@ -230,12 +231,16 @@ _MEMORY_FACTOR = 16
 
 
 def _memory_stays_linear(call, device: torch.device, gen: torch.Generator) -> str | None:
-    """Peak live memory within a small multiple of L·(left+right+1+E+Ev)·itemsize, under no_grad."""
+    """The right answer, with peak live memory within a small multiple of L·(left+right+1+E+Ev)·itemsize,
+    under no_grad."""
     L, (left, right), E = _MEMORY_L, _MEMORY_WINDOW, _MEMORY_E
     q, k, v = (runtime.randn(1, L, E, gen=gen, device=device) for _ in range(3))  # (1, L, E)
     out, peak_bytes = call.measured(q, k, v, (left, right))
-    if out.shape != (1, L, E):
-        return f"expected an output of shape {(1, L, E)}, got {tuple(out.shape)}"
+    # The answer is checked at this size too: a function that computes something cheaper only here
+    # (a compact, wrong result when L is large) would pass the bound without being banded.
+    wrong = compare.compare_leaf(out, attention.sliding_window_attention(q, k, v, (left, right)), device)
+    if wrong is not None:
+        return f"for L = {L}, window ({left}, {right}) and E = Ev = {E} in float32: {wrong.problem}"
     unit = L * (left + right + 1 + 2 * E) * 4
     if peak_bytes > _MEMORY_FACTOR * unit:
         dense = L * L * 4

@@ -18,6 +18,7 @@ import torch
 
 from course_lib import attention, runtime
 from course_lib.attention import flash_triton
+from course_lib.grading import compare
 from course_lib.grading.forbidden import PYTORCH_SDPA, SOFTMAX_ROUTES
 from course_lib.grading.framework import Behaviour, Case, Exercise, Mistake, Requirement, variant
 from course_lib.shortcuts import Forbidden
@@ -290,9 +291,15 @@ MEMORY_FACTOR = 4
 
 
 def _memory_is_linear(call, device: torch.device, gen: torch.Generator) -> str | None:
-    """At L = S = 2048, E = Ev = 16, block 64, float32: peak live bytes within 4·(L+S)·(E+Ev+block)·4."""
+    """At L = S = 2048, E = Ev = 16, block 64, float32: the right answer, with peak live bytes within
+    4·(L+S)·(E+Ev+block)·4."""
     q, k, v = (runtime.randn(1, MEMORY_L, MEMORY_E, gen=gen, device=device) for _ in range(3))
-    _, peak_bytes = call.measured(q, k, v, block_size=MEMORY_BLOCK)
+    out, peak_bytes = call.measured(q, k, v, block_size=MEMORY_BLOCK)
+    # The answer is checked at this size too: a function that computes something cheaper only here
+    # (a compact, wrong result when L is large) would pass the bound without being a tiled forward.
+    wrong = compare.compare_leaf(out, attention.scaled_dot_product_attention(q, k, v), device)
+    if wrong is not None:
+        return f"at L = S = {MEMORY_L}, E = Ev = {MEMORY_E}, block_size={MEMORY_BLOCK} (float32): {wrong.problem}"
     bound = MEMORY_FACTOR * 2 * MEMORY_L * (2 * MEMORY_E + MEMORY_BLOCK) * 4
     if peak_bytes <= bound:
         return None

@@ -186,6 +186,18 @@ def test_a_dense_banded_attention_is_refused_for_its_memory():
     assert "dense computation" in failure.problem and "MiB" in failure.problem
 
 
+def test_a_function_that_is_cheap_and_wrong_only_at_the_measured_size_is_refused():
+    """Right on the small cases; at the memory behaviour's size, a compact wrong answer."""
+    def sliding_window_attention(q, k, v, window, scale=None):
+        if q.shape[-2] >= 2048:
+            return torch.zeros_like(q)
+        return banded_unfold(q, k, v, window, scale)
+
+    failure = _failure(check_sliding_window_attention, sliding_window_attention)
+    assert failure.kind == "behaviour" and "memory" in failure.behaviour
+    assert "for L = 2048" in failure.problem and "values differ" in failure.problem
+
+
 def test_pytorch_sdpa_with_a_mask_is_refused():
     def sdpa(q, k, v, window, scale=None):
         L = q.shape[-2]

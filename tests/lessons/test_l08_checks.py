@@ -211,6 +211,18 @@ def test_a_forward_that_keeps_the_scores_or_its_tiles_is_refused_by_its_memory(f
     assert "MiB alive at once" in failure.problem and "list of tiles" in failure.problem
 
 
+def test_a_forward_that_is_cheap_and_wrong_only_at_the_measured_size_is_refused():
+    """Dense and right on the small cases; at the memory behaviour's size, a compact wrong answer."""
+    def flash_attention(q, k, v, is_causal=False, scale=None, block_size=None):
+        if q.shape[-2] >= lesson.MEMORY_L:
+            return torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+        return lesson.flash_variant(q, k, v, is_causal, scale, block_size)
+
+    failure = _fails(check_flash_attention, flash_attention)
+    assert failure.kind == "behaviour" and failure.behaviour == "peak memory linear in the sequence length"
+    assert f"at L = S = {lesson.MEMORY_L}" in failure.problem and "values differ" in failure.problem
+
+
 def test_sdpa_is_refused_in_the_tiled_forward():
     failure = _fails(check_flash_attention, lambda q, k, v, is_causal=False, scale=None, block_size=None:
                      torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale))
