@@ -6,18 +6,20 @@ from the notebook:
 
 * another process or thread (fork, exec, spawn, ``subprocess``, thread starts), another audit hook;
 * unpickling (it calls any importable function by name) and walking the garbage collector's objects;
-* ctypes, and opening a process's memory (``/proc/*/mem``; the sandbox mounts ``/proc`` read-only too);
-* ``mmap`` (memory that the memory meter does not see);
-* the frames of the hook and of the memory meter, reached through a traceback: they hold the meter's
-  signing key (a refusal is raised inside the hook, so its traceback passes through it);
+* ctypes, and opening a process's memory (``/proc/*/mem``; the sandbox mounts ``/proc`` read-only too):
+  raw memory would reach past everything the process holds;
+* ``mmap``;
+* the frames of the hook, reached through a traceback: they hold the floor (a refusal is raised inside
+  the hook, so its traceback passes through it);
 * running again a file whose functions the floor replaced (``importlib.reload``, ``runpy``, a module
   deleted from ``sys.modules`` and imported again): it would bring them back.
 
 The hook never runs the notebook's code: it looks only at arguments of Python's exact types (str,
 int, bytes, tuple; code objects by identity, never by comparison), calls only what it took when it
-was installed, and holds the garbage collector off while it runs (a collection runs finalizers) (the notebook's code may patch builtins, modules and classes
-afterwards). So nothing the notebook's code reaches — the worker's frames and modules included —
-leads to the meter's key. This file imports nothing of course_lib: it is copied beside the worker.
+was installed (the notebook's code may patch builtins, modules and classes afterwards), and holds the
+garbage collector off while it runs (a collection runs finalizers). What the process may ask of the
+operating system is limited below all this, by ``syscall_filter``, which no code in the process can
+undo. This file imports nothing of course_lib: it is copied beside the worker.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import gc
 import sys
 import threading
 import types
-from collections.abc import Callable
 from typing import Any
 
 EVENTS = {
@@ -37,30 +38,30 @@ EVENTS = {
     "gc.get_referrers": "walks live objects", "gc.get_referents": "walks live objects",
     "sys.addaudithook": "watches what the grader's replay runs", "sys._current_frames": "reaches the grader's frames",
     "os.symlink": "makes a link (a way around the check on what is opened)", "os.link": "makes a link",
-    "mmap.__new__": "maps memory that the memory meter does not see",
+    "mmap.__new__": "maps memory by hand",
 }
 EVENT_PREFIXES = ("ctypes.",)
 PROCESS_MEMORY = "mem"  # /proc/<pid>/mem, however the path is written
 
 
-def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: str, floor: Any, poisoned_event: str) -> None:
-    """Install the hook (see the module) for the rest of the process. ``meter`` runs on ``meter_event``;
-    ``floor`` is kept alive, and the files it replaced functions of (``floor.files``, and those it names
-    later in a ``poisoned_event``) may not run again."""
+def confine(floor: Any, poisoned_event: str) -> None:
+    """Install the hook (see the module) for the rest of the process. ``floor`` is kept alive, and the
+    files it replaced functions of (``floor.files``, and those it names later in a ``poisoned_event``)
+    may not run again."""
     # Taken now, kept in this closure: nothing below looks up a module global or a class attribute.
-    _type, _str, _bytes, _tuple, _len, _int, _frozenset = type, str, bytes, tuple, len, int, frozenset
+    _type, _str, _bytes, _tuple, _len = type, str, bytes, tuple, len
     _code, _traceback, _id, owners = types.CodeType, types.TracebackType, id, set()
     events, prefixes, memory = dict(EVENTS), EVENT_PREFIXES, PROCESS_MEMORY
     poisoned = set(floor.files)  # this hook's own copy: the floor is within the notebook's reach
-    inside = [False]  # while the hook or the meter raise events of their own (frames, gc walks)
-    nested = frozenset({"object.__getattr__", "gc.get_objects", "gc.get_referents"})
+    inside = [False]  # while the hook raises events of its own (a frame's attributes)
+    nested = frozenset({"object.__getattr__"})
     _gc_on, _gc_off, _gc_back = gc.isenabled, gc.disable, gc.enable
 
     def refuse(event: str, why: str) -> None:
         raise PermissionError(f"graded code may not do what {event} does ({why}): refused by the grader's replay")
 
     def ours(trace: Any) -> bool:
-        """Whether a traceback entry's frame is the hook's or the meter's: by identity, never by a
+        """Whether a traceback entry's frame is the hook's: by identity, never by a
         comparison (a code object's constants can be the notebook's objects, with its __eq__)."""
         inside[0] = True
         try:
@@ -70,7 +71,7 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
 
     codes: list[Any] = []
 
-    def hook(event: Any, args: Any, _keep: Any = (meter, floor, codes)) -> None:  # keeps them alive
+    def hook(event: Any, args: Any, _keep: Any = (floor, codes)) -> None:  # keeps them alive
         if _type(event) is not _str or _type(args) is not _tuple or (inside[0] and event in nested):
             return
         collecting = _gc_on()
@@ -82,15 +83,7 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
                 _gc_back()
 
     def check(event: str, args: tuple) -> None:
-        if event == meter_event:
-            what = args[0] if args and _type(args[0]) is _str else None
-            inputs = args[1] if _len(args) == 2 and _type(args[1]) is _tuple else ()
-            inside[0] = True  # the meter walks the garbage collector's objects
-            try:
-                meter(what, _frozenset(i for i in inputs if _type(i) is _int))
-            finally:
-                inside[0] = False
-        elif event == poisoned_event and _len(args) == 1 and _type(args[0]) is _str:
+        if event == poisoned_event and _len(args) == 1 and _type(args[0]) is _str:
             poisoned.add(args[0])
         elif event == "exec" and args and _type(args[0]) is _code and _type(args[0].co_filename) is _str:
             if args[0].co_filename in poisoned:
@@ -101,13 +94,13 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
                 refuse(event, "opens a process's memory")
         elif event == "object.__getattr__" and _len(args) == 2 and _type(args[1]) is _str and args[1] == "tb_frame":
             if _type(args[0]) is _traceback and ours(args[0]):
-                refuse(event, "reaches the frames where the grader keeps its key")
+                refuse(event, "reaches the frames where the grader keeps its floor")
         elif event in events:
             refuse(event, events[event])
         elif event.startswith(prefixes):
             refuse(event, "reaches memory through ctypes")
 
-    codes.extend(function.__code__ for function in (hook, check, refuse, ours, meter, *_closure_functions(meter)))
+    codes.extend(function.__code__ for function in (hook, check, refuse, ours))
     owners.update(_id(code) for code in codes)  # the functions live on, and so do their codes
 
     def no_thread(*args: Any, **kwargs: Any) -> Any:
@@ -121,14 +114,3 @@ def confine(meter: Callable[[str | None, frozenset[int]], None], meter_event: st
                 setattr(module, name, no_thread)
     sys.addaudithook(hook)
 
-
-def _closure_functions(function: Any) -> list[types.FunctionType]:
-    """The functions a closure holds, and theirs (the meter's helpers)."""
-    found, stack = [], [function]
-    while stack:
-        for cell in stack.pop().__closure__ or ():
-            value = cell.cell_contents
-            if isinstance(value, types.FunctionType) and value not in found:
-                found.append(value)
-                stack.append(value)
-    return found

@@ -41,7 +41,7 @@ import torch
 from torch.overrides import resolve_name
 
 from course_lib import runtime
-from course_lib.grading import framework, memory_meter, policy, replay_worker
+from course_lib.grading import framework, policy, replay_worker, touched_memory
 from course_lib.grading.framework import Case, Exercise, Failure
 from course_lib.grading.sandbox import Limits, Sandbox, environment_paths
 
@@ -112,6 +112,11 @@ def secret_seed(secret: str, call: CheckCall) -> int:
     return int.from_bytes(hmac.new(secret.encode(), message, hashlib.sha256).digest()[:7], "little")
 
 
+# Memory a call may touch beyond the protocol's measured own (``ReplayWorker._used``) without it counting:
+# Python's small allocations, which differ a little from one request to the next.
+PROTOCOL_SLACK = 1 << 20
+
+
 class WorkerEnded(RuntimeError):
     """The replay worker ended or stopped answering."""
 
@@ -132,16 +137,15 @@ class ReplayWorker:
         command = self.sandbox.command([sys.executable, "-I", str(self.folder / "replay_worker.py"), json.dumps(refused)])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=self.folder, env=environment)
-        # The key the worker's memory meter signs its measures with: the first line it reads, before
-        # any of the notebook's code runs (memory_meter.Meter).
-        self.key = os.urandom(32)
-        self.measured = 0  # how many measures the meter has signed
-        self.process.stdin.write(self.key.hex().encode() + b"\n")
-        self.process.stdin.flush()
+        self._touched: touched_memory.TouchedMemory | None = None
         self._reader = concurrent.futures.ThreadPoolExecutor(1)
         self.cell_timeout = cell_timeout
         self.ran = 0  # how many of the notebook's definitions it has run (or skipped)
         self.fatal: str | None = None  # the definition that ended the worker, if one did
+        # What reading a request and writing its reply touch, measured before any of the notebook's code
+        # runs: (bytes for tiny tensors, bytes per byte of tensors in and out); None without /proc.
+        self.protocol_memory: tuple[int, float] | None = None
+        self.protocol_memory = self._measure_protocol() if touched_memory.available() else None
 
     def advance(self, cells: list[tuple[int, str, str]], before: int, skip: set[str]) -> None:
         """Run the definitions of cells before index ``before`` not run yet, as the kernel did before
@@ -161,35 +165,60 @@ class ReplayWorker:
         return self.fatal is None and self.process.poll() is None
 
     def request(self, header: dict, tensors: dict[str, torch.Tensor], timeout: float) -> tuple[dict, dict]:
-        """The worker's reply; for a measured call, with "peak_bytes" from the meter's signed line (None
-        where the measurement was spoiled). Anything else on the stream ends the worker."""
+        """The worker's reply; for a measured call, with "touched_bytes": the memory the worker's process
+        touched from the request to the reply, counted by the operating system (``touched_memory``), and
+        "used_bytes": that, less what the protocol itself touches for tensors of those sizes (None
+        without /proc). Anything but a message on the stream ends the worker."""
+        measured = bool(header.get("measure"))
         try:
+            if measured and self.touched is not None:
+                self.touched.reset()
             replay_worker.write_message(self.process.stdin, header, tensors)
-            future = self._reader.submit(self._read_reply, bool(header.get("measure")))
-            return future.result(timeout=timeout)
+            future = self._reader.submit(replay_worker.read_message, self.process.stdout)
+            reply, out = future.result(timeout=timeout)
+            if measured:
+                reply["touched_bytes"] = None if self.touched is None else self.touched.read()
+                reply["used_bytes"] = self._used(reply["touched_bytes"], [*tensors.values(), *out.values()])
+            return reply, out
         except concurrent.futures.TimeoutError:
             self.close()
             raise WorkerEnded(f"did not finish within {timeout:g} s") from None
-        except ValueError as error:  # the notebook's code wrote on the worker's reply stream
+        except ValueError as error:  # the notebook's code wrote on the worker's reply stream (bad JSON too)
             self.close()
             raise WorkerEnded(f"its replies were tampered with ({error})") from None
-        except (EOFError, OSError) as error:
+        except (EOFError, OSError) as error:  # the worker ended (its /proc files are gone, too)
             self.close()
             code = self.process.wait()
             why = "it ran out of memory or was killed" if code in (-9, 137) else f"exit status {code}"
             raise WorkerEnded(f"the grading process ended ({why}): {error}") from None
 
-    def _read_reply(self, measured: bool) -> tuple[dict, dict]:
-        first = self.process.stdout.readline(1 << 24)
-        if not measured:
-            return replay_worker.read_message(self.process.stdout, line=first)
-        signed = memory_meter.signed(first, self.key)
-        if signed is None or signed[0] != self.measured + 1:
-            raise ValueError("the line where the memory meter's measure belongs is not the meter's")
-        self.measured += 1
-        reply, out = replay_worker.read_message(self.process.stdout)
-        reply["peak_bytes"] = None if signed[1] < 0 else signed[1]
-        return reply, out
+    def _measure_protocol(self) -> tuple[int, float]:
+        """Echo calls (the worker decodes three tensors and sends the first back, through the same code as
+        a call), each measured twice after one unmeasured, at two sizes: the protocol's own memory."""
+        sizes, touched = (16, 1 << 20), []  # bytes per tensor
+        for size in sizes:
+            args, tensors = tuple(torch.zeros(size // 4) for _ in range(3)), {}
+            header = {"op": "echo", "args": replay_worker.encode(args, tensors)}
+            self.request(header, tensors, self.cell_timeout)  # the first: what is set up once is not counted
+            touched = [*touched, max(self.request({**header, "measure": True}, tensors, self.cell_timeout)[0]
+                                     ["touched_bytes"] for _ in range(2))]
+        return touched[0], max(0, touched[1] - touched[0]) / (4 * (sizes[1] - sizes[0]))  # 3 tensors in, 1 out
+
+    def _used(self, touched: int | None, tensors: list[torch.Tensor]) -> int | None:
+        if touched is None or self.protocol_memory is None:
+            return None
+        base, per_byte = self.protocol_memory
+        carried = sum(t.numel() * t.element_size() for t in tensors)
+        return max(0, touched - int(base + per_byte * carried) - PROTOCOL_SLACK)
+
+    @property
+    def touched(self) -> touched_memory.TouchedMemory | None:
+        """The worker's memory counter (None where this machine has no /proc to count with): found once,
+        at the first measured echo, after the worker has answered (the worker starts no process, so the
+        chain that the sandbox's launcher began ends in it)."""
+        if self._touched is None and touched_memory.available():
+            self._touched = touched_memory.TouchedMemory(touched_memory.leaf_process(self.process.pid))
+        return self._touched
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -351,12 +380,14 @@ def _replay_case(worker: ReplayWorker, exercise: Exercise, function: str, case: 
 
 
 def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, secret, call) -> str | None:  # noqa: ANN001
-    def request(args: tuple, kwargs: dict, measure: bool) -> tuple[torch.Tensor, dict]:
+    def request(args: tuple, kwargs: dict, measure: bool, on_cpu: bool = False) -> tuple[torch.Tensor, dict]:
         tensors: dict[str, torch.Tensor] = {}
         case = None
         if exercise.module:  # a module behaviour's call builds the module with a Case's init and state
             case = Case("behaviour", args, kwargs, init=kwargs.pop("init"), state=kwargs.pop("state"))
-        header = {**_call_header(exercise, function, device, tensors, args, kwargs, case), "measure": measure}
+        # Memory is measured on the CPU, where the operating system counts it (touched_memory).
+        header = {**_call_header(exercise, function, torch.device("cpu") if on_cpu else device, tensors, args,
+                                 kwargs, case), "measure": measure}
         reply, out = worker.request(header, tensors, timeout)
         if "error" in reply:
             raise _BehaviourCallFailed(reply.get("problem", ""))
@@ -371,10 +402,15 @@ def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, se
         return request(args, kwargs, measure=False)[0]
 
     def measured(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, int]:
-        result, reply = request(args, kwargs, measure=True)
-        if reply["peak_bytes"] is None:
-            raise _BehaviourCallFailed("the memory measurement was stopped or restarted during the call")
-        return result, int(reply["peak_bytes"])
+        # First the same call on other values, unmeasured: what a first call sets up once (a library's
+        # buffers, a module imported and gone through by the floor) is not counted, and nothing computed
+        # there can be reused (the measured call's values are the grader's secret).
+        request(_other_values(args), _other_values(kwargs), measure=False, on_cpu=True)
+        result, reply = request(args, kwargs, measure=True, on_cpu=True)
+        if reply["used_bytes"] is None:
+            raise _BehaviourCallFailed("the memory a call uses is counted from Linux's /proc, which the grading "
+                                       "machine has not: grade on Linux")
+        return result, reply["used_bytes"]
 
     remote.measured = measured
 
@@ -388,6 +424,17 @@ def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, se
 
 class _BehaviourCallFailed(Exception):
     pass
+
+
+def _other_values(tree: Any) -> Any:
+    """``tree`` with every floating-point tensor replaced by random values of its shape and dtype."""
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
+        return torch.randn(tree.shape, dtype=tree.dtype, generator=torch.Generator().manual_seed(0)).to(tree.device)
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_other_values(item) for item in tree)
+    if isinstance(tree, dict):
+        return {key: _other_values(value) for key, value in tree.items()}
+    return tree
 
 
 def _statements(source: str) -> list[tuple[int, str]]:

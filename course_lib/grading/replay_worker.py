@@ -6,7 +6,8 @@ a script (``python -I replay_worker.py``), with course_lib *not* importable — 
 so a graded function cannot hand the course's own reference answer back. It imports nothing of
 course_lib but the files of ``BESIDE``, copied beside it: ``floor.py`` to take PyTorch's shortcuts
 out of the process before any of the notebook's code runs (the refusals come as the first argument:
-one worker per set of them), ``memory_meter.py`` to measure peak memory, ``toy_decoder.py`` to rebuild the
+one worker per set of them), ``syscall_filter.py`` and ``confinement.py`` to keep the notebook's code
+from the operating system and from the worker's own guards, ``toy_decoder.py`` to rebuild the
 decoder step that lesson 01's cases pass, and ``flash_triton.py`` to run lesson 08's Triton step
 inside its kernel.
 
@@ -20,6 +21,7 @@ fixed weighting that ``weighted_gradients`` defines.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import linecache
@@ -31,7 +33,6 @@ from typing import Any, BinaryIO
 import torch
 
 TENSOR = "__tensor__"
-_audit = sys.audit  # as it is now: the notebook's code may replace sys.audit
 
 
 # --- trees of tensors and plain values, as JSON plus named tensors --------------------------------
@@ -194,15 +195,9 @@ def _call(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, 
         if (module_name, function) not in ADAPTERS:  # a fixed table: nothing else is ever called
             raise ValueError(f"no adapter {module_name}.{function}")
         target = getattr(_beside(module_name), function)(target, **options)
-    if header.get("measure"):  # by the meter the audit hook holds: it writes its measure itself
-        event = _BESIDE["memory_meter"].EVENT
-        inputs = tuple(a.untyped_storage().data_ptr() for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+    if header.get("measure"):  # the grader counts the memory this process touches meanwhile (touched_memory)
         with torch.no_grad():
-            _audit(event, "start", inputs)
-            try:
-                result = target(*args, **kwargs)
-            finally:
-                _audit(event, "stop")
+            result = target(*args, **kwargs)
     else:
         result = target(*args, **kwargs)
     # Here, not later: a result's values and gradients are computed before the reply is written.
@@ -232,21 +227,36 @@ def serve(requests: BinaryIO, replies: BinaryIO, namespace: dict[str, Any]) -> N
         except EOFError:
             return
         try:
-            if header["op"] == "run":
-                try:
-                    exec(_compiled(header["source"], header.get("label", "cell")), namespace)  # noqa: S102
-                finally:
-                    _cover_new_modules()  # before the next cell can copy what a module it imported holds
-                write_message(replies, {"ok": True})
-            elif header["op"] == "call":
-                answer, out = _call(namespace, header, tensors)
-                write_message(replies, answer, out)
+            try:
+                answer, out = _answer(namespace, header, tensors)
+            finally:
+                if not header.get("measure"):
+                    _settle()
         except BaseException as error:  # noqa: BLE001 - the student's code may raise anything, SystemExit too
             where = f" (line {_innermost_line(error.__traceback__)})" if error.__traceback__ else ""
             # The floor's refusals say so, whether PyTorch passes them on as they are or wraps them.
             shortcut = _BESIDE["floor"].MARK in str(error)
-            write_message(replies, {"error": "shortcut" if shortcut else "exception",
-                                    "problem": f"{type(error).__name__}{where}: {error}"})
+            answer, out = {"error": "shortcut" if shortcut else "exception",
+                           "problem": f"{type(error).__name__}{where}: {error}"}, {}
+        write_message(replies, answer, out)
+
+
+def _answer(namespace: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    if header["op"] == "run":
+        exec(_compiled(header["source"], header.get("label", "cell")), namespace)  # noqa: S102
+        return {"ok": True}, {}
+    if header["op"] == "echo":  # the protocol's own work, which the grader measures before any notebook code
+        out: dict[str, torch.Tensor] = {}
+        return {"result": encode(decode(header["args"], tensors)[0].clone(), out)}, out
+    return _call(namespace, header, tensors)
+
+
+def _settle() -> None:
+    """After each request that is not measured: the floor goes through the modules imported meanwhile
+    (before the next cell can copy what they hold), and garbage is collected, so that neither happens
+    during a measured call (either would count as memory the call touched)."""
+    _cover_new_modules()
+    gc.collect()
 
 
 def _innermost_line(trace: Any) -> int:
@@ -259,7 +269,7 @@ def _innermost_line(trace: Any) -> int:
 # The files of course_lib copied beside this script (they import nothing of course_lib): name -> module.
 BESIDE = {
     "floor": "course_lib.grading.floor",
-    "memory_meter": "course_lib.grading.memory_meter",
+    "syscall_filter": "course_lib.grading.syscall_filter",
     "confinement": "course_lib.grading.confinement",
     "toy_decoder": "course_lib.grading.toy_decoder",
     "flash_triton": "course_lib.attention.flash_triton",
@@ -291,7 +301,11 @@ def _load_beside(name: str) -> Any:
 
 # Loaded before the floor is laid, so that a graded function's first call does not wait for them.
 # torch._dynamo brings in most of torch (about 2,000 modules), which the floor then goes through.
-PRELOADED = ("torch._dynamo", "torch.nn.functional", "torch.testing", "numpy", "einops", "triton", "triton.language")
+# The C extensions (the protocol's safetensors, and those of the modules graded code may import, ``policy``)
+# come first: once the system-call
+# filter is on, no shared library can be loaded.
+PRELOADED = ("safetensors.torch", "math", "cmath", "random", "time", "array", "numpy", "numpy.random", "numpy.linalg", "numpy.fft",
+             "torch._dynamo", "torch.nn.functional", "torch.testing", "einops", "triton", "triton.language")
 
 
 def main() -> None:
@@ -304,20 +318,22 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     sys.argv = ["replay"]
-    key = bytes.fromhex(requests.readline().decode())  # the meter's signing key, the grader's first line
     for name in BESIDE:  # loaded before any call is timed
         _BESIDE[name] = _load_beside(name)
     for name in PRELOADED:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             importlib.import_module(name)
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cuda:
         torch.cuda.init()  # CUDA's first use loads libraries through ctypes, refused once confined
     global _FLOOR
     _FLOOR = _BESIDE["floor"].Floor(refused["operators"], refused["functions"])
-    meter = _BESIDE["memory_meter"].meter(key, replies.fileno())
-    del key
-    _BESIDE["confinement"].confine(meter, _BESIDE["memory_meter"].EVENT, _FLOOR, _BESIDE["floor"].POISONED)
-    del meter  # the hook holds it, and only the hook: it holds the key
+    # On a GPU the filter leaves memory mappings alone: CUDA maps and unmaps device memory as it runs.
+    _BESIDE["syscall_filter"].install(memory=not cuda)
+    _BESIDE["confinement"].confine(_FLOOR, _BESIDE["floor"].POISONED)
+    # What the worker has made so far is never collected: a collection during a measured call then goes
+    # through the notebook's objects only, not the whole of torch (which would count as memory touched).
+    gc.freeze()
     # The notebook's code runs as __main__, in a module of its own.
     notebook = sys.modules["__main__"] = types.ModuleType("__main__")
     serve(requests, replies, vars(notebook))

@@ -29,7 +29,7 @@ REFUSED = {
     "unpickling": ("import pickle\npickle.loads(pickle.dumps(print))", "pickle.find_class"),
     "the garbage collector's objects": ("import gc\ngc.get_objects()", "gc.get_objects"),
     "ctypes": ("import ctypes\nctypes.CDLL(None)", "ctypes.dlopen"),
-    "mmap": ("import mmap\nmmap.mmap(-1, 4096)", "the memory meter does not see"),
+    "mmap": ("import mmap\nmmap.mmap(-1, 4096)", "maps memory by hand"),
     "a process's memory": ("open('/proc/self/mem', 'rb')", "opens a process's memory"),
     "a torch module run again": ("import importlib, torch.nn.functional\nimportlib.reload(torch.nn.functional)",
                                  "whose functions the floor replaced"),
@@ -221,9 +221,10 @@ def test_the_red_team_s_ways_past_the_first_floor_are_closed(worker, name):
     assert reply == {"ok": True}, reply
 
 
-# Peak memory, measured by the meter the hook holds (PyTorch's profiler and tracemalloc), not by a mode
-# the notebook's code can pop: a dense attention at L = S = 512 keeps two 1 MiB score matrices alive
-# (one, where it works in place: at least the 1 MiB scores are seen, however they are hidden).
+# Memory, counted by the operating system from outside the worker (the pages its process touches during
+# the call), not by a mode the notebook's code can pop: a dense attention at L = S = 1024 computes with
+# two 4 MiB score matrices (one, where it works in place: at least the 4 MiB scores are seen, however
+# they are hidden, less the slack the count allows the protocol).
 DENSE = ("def answer(q, k, v):\n    weights = (q @ k.transpose(-2, -1) / 8).exp()\n"
          "    return (weights / weights.sum(-1, keepdim=True)) @ v")
 HIDDEN_FROM_A_TRACKER = {
@@ -241,19 +242,19 @@ HIDDEN_FROM_A_TRACKER = {
         "    torch.matmul(q[0], k[0].transpose(-2, -1), out=scores)\n    scores.div_(8).exp_()\n"
         "    scores.div_(scores.sum(-1, keepdim=True))\n    return (scores @ v[0])[None]"),
     "in NumPy, in place, into an array made before the call": (  # (a second red team)
-        "import numpy\nbuffer = numpy.empty((1, 512, 512), numpy.float32)\n"
+        "import numpy\nbuffer = numpy.empty((1, 1024, 1024), numpy.float32)\n"
         "def answer(q, k, v):\n    s = numpy.matmul(q.numpy(), k.numpy().swapaxes(-2, -1), out=buffer)\n"
         "    numpy.exp(numpy.multiply(s, 1 / 8, out=s), out=s)\n    numpy.divide(s, s.sum(-1, keepdims=True), out=s)\n"
         "    return torch.from_numpy(s @ v.numpy())"),
     "in NumPy, in place, through a subclass's view of an array made before": (  # (a third red team)
         "import numpy\nclass Hidden(numpy.ndarray):\n    pass\n"
-        "buffer = numpy.empty((1, 512, 512), numpy.float32).view(Hidden)\n"
+        "buffer = numpy.empty((1, 1024, 1024), numpy.float32).view(Hidden)\n"
         "def answer(q, k, v):\n    s = numpy.matmul(q.numpy(), k.numpy().swapaxes(-2, -1), out=buffer)\n"
         "    numpy.exp(numpy.multiply(s, 1 / 8, out=s), out=s)\n    numpy.divide(s, s.sum(-1, keepdims=True), out=s)\n"
         "    return torch.from_numpy(numpy.matmul(s, v.numpy()).view(numpy.ndarray))"),
     "in NumPy, in place, over an array.array made before": (
         "import array, numpy\nstore = array.array('f', bytes(4 << 20))\n"
-        "def answer(q, k, v):\n    s = numpy.frombuffer(store, numpy.float32)[: 512 * 512].reshape(1, 512, 512)\n"
+        "def answer(q, k, v):\n    s = numpy.frombuffer(store, numpy.float32)[: 1024 * 1024].reshape(1, 1024, 1024)\n"
         "    numpy.matmul(q.numpy(), k.numpy().swapaxes(-2, -1), out=s)\n    numpy.exp(s / 8, out=s)\n"
         "    numpy.divide(s, s.sum(-1, keepdims=True), out=s)\n    return torch.from_numpy(s @ v.numpy())"),
     "after freeing memory kept from before the call": (
@@ -265,38 +266,50 @@ HIDDEN_FROM_A_TRACKER = {
 def _measured(worker, source: str, label: str) -> dict:
     ran, _ = worker.request({"op": "run", "source": "import torch\n" + source, "label": label}, {}, 60)
     assert ran == {"ok": True}, ran
-    q = torch.randn(1, 512, 64, generator=torch.Generator().manual_seed(0))
+    q = torch.randn(1, 1024, 64, generator=torch.Generator().manual_seed(0))
+    _call(worker, "answer", (torch.randn(1, 1024, 64),) * 3)  # first, unmeasured, as the grader does
     return _call(worker, "answer", (q, q, q), measure=True)[0]
 
 
 @pytest.mark.parametrize("name", list(HIDDEN_FROM_A_TRACKER))
-def test_the_meter_sees_a_dense_computation_however_it_is_hidden(worker, name):
+def test_the_outside_count_sees_a_dense_computation_however_it_is_hidden(worker, name):
     reply = _measured(worker, HIDDEN_FROM_A_TRACKER[name], name)
-    assert "error" not in reply and reply["peak_bytes"] >= 1 << 20, reply
+    assert "error" not in reply and reply["used_bytes"] >= (4 << 20) - outside.PROTOCOL_SLACK, reply
 
 
-def test_the_meter_sees_little_where_little_is_kept(worker):
+def test_the_outside_count_sees_little_where_little_is_used(worker):
     reply = _measured(worker, "def answer(q, k, v):\n    return q + v", "small")
-    assert "error" not in reply and reply["peak_bytes"] < 1 << 18, reply  # the 128 KiB output and a little
+    assert "error" not in reply and reply["used_bytes"] < 1 << 19, reply  # the 256 KiB output and a little
+    assert reply["touched_bytes"] > reply["used_bytes"]  # the protocol's own memory is taken off
 
 
-TAMPERING = {
-    "a measure stopped early": ("import sys\ndef answer(q, k, v):\n    sys.audit('course.replay.measure', 'stop')\n"
-                                "    return q + v"),
-    "a forged meter line": (
-        "import os, stat\ndef answer(q, k, v):\n    for fd in range(3, 64):\n        try:\n"
-        "            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n                os.write(fd, b'meter 1 0 ' + b'0' * 32 + b'\\n')\n"
-        "        except OSError:\n            pass\n    return q + v"),
+# Memory outside the worker's process, where the count would not see it: its system-call filter refuses
+# each way to it (the audit hook refuses some of them first; these are the ones it lets through).
+OUTSIDE_THE_PROCESS = {
+    "a pipe": "import os\ndef answer(q, k, v):\n    os.pipe()\n    return q + v",
+    "a file in /tmp": "def answer(q, k, v):\n    open('/tmp/scores', 'wb').write(bytes(1 << 20))\n    return q + v",
+    "a file beside the worker": "def answer(q, k, v):\n    open('scores', 'wb')\n    return q + v",
+    "a socket pair": "import socket\ndef answer(q, k, v):\n    socket.socketpair()\n    return q + v",
+    "a folder's names": "import os\ndef answer(q, k, v):\n    os.mkdir('/tmp/' + 'x' * 200)\n    return q + v",
 }
 
 
-@pytest.mark.parametrize("name", list(TAMPERING))
-def test_a_measure_the_notebook_tampers_with_ends_the_worker(tmp_path, name):
+@pytest.mark.parametrize("name", list(OUTSIDE_THE_PROCESS))
+def test_memory_outside_the_process_is_refused(worker, name):
+    reply = _measured(worker, OUTSIDE_THE_PROCESS[name], name)
+    assert reply.get("error") == "exception" and ("not permitted" in reply["problem"]
+                                                  or "Read-only file system" in reply["problem"]), reply
+
+
+def test_a_reply_the_notebook_writes_itself_ends_the_worker(tmp_path):
     started = outside.ReplayWorker(refused=outside.torch_shortcuts(SOFTMAX), hidden=[tmp_path],
                                    limits=sandbox.Limits(), cell_timeout=60)
+    source = ("import os, stat\ndef answer(q, k, v):\n    for fd in range(3, 64):\n        try:\n"
+              "            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n                os.write(fd, b'done\\n')\n"
+              "        except OSError:\n            pass\n    return q + v")
     try:
         with pytest.raises(outside.WorkerEnded, match="tampered"):
-            _measured(started, TAMPERING[name], name)
+            _measured(started, source, "a reply of its own")
     finally:
         started.close()
 

@@ -1,0 +1,133 @@
+"""The replay worker's system-call filter, tried directly: a process that installs it (and, unlike the
+worker, keeps ctypes: what native code could do) cannot give memory back to the system, keep memory
+outside itself or start another process; the memory it touches is counted from outside
+(course_lib.grading.touched_memory) whatever it tries."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from course_lib.grading import syscall_filter, touched_memory
+
+pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"),
+                                reason="the filter is for Linux on x86_64 and aarch64")
+
+# The child: installs the filter, then reports what each attempt returned (an errno name, or "done").
+CHILD = textwrap.dedent("""
+    import ctypes, errno, json, os, socket, sys, threading
+    sys.path.insert(0, {folder!r})
+    import syscall_filter
+    syscall_filter.install()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = libc.sbrk.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.syscall.restype = ctypes.c_long
+
+    def outcome(value, failed=-1):
+        return errno.errorcode.get(ctypes.get_errno(), "?") if value == failed else "done"
+
+    def attempt(action):
+        try:
+            action()
+            return "done"
+        except OSError as error:
+            return errno.errorcode.get(error.errno, str(error))
+        except ImportError as error:
+            return "ImportError"
+
+    size = 32 << 20
+    block = libc.mmap(None, size, 3, 0x22, -1, 0)  # read-write, private anonymous
+    ctypes.memset(block, 1, size)
+    print("touched", flush=True)
+    sys.stdin.readline()  # the parent has counted; now every way to make the pages disappear
+    ctypes.memset(block, 2, size)
+    found = {{
+        "munmap": outcome(libc.munmap(block, size)),
+        "madvise DONTNEED": outcome(libc.madvise(block, size, 4)),
+        "mmap over it": outcome(libc.mmap(block, size, 3, 0x32, -1, 0), failed=ctypes.c_void_p(-1).value),
+        "brk below the break": outcome(libc.syscall(ctypes.c_long({brk}), ctypes.c_long(libc.sbrk(0) - (1 << 20)))),
+        "fork": attempt(os.fork),
+        "a program": attempt(lambda: os.execv("/bin/true", ["true"])),
+        "a pipe": attempt(os.pipe),
+        "a socket pair": attempt(socket.socketpair),
+        "a memfd": attempt(lambda: os.memfd_create("x")),
+        "a file written": attempt(lambda: open({scratch!r}, "wb")),
+        "a folder made": attempt(lambda: os.mkdir({scratch!r} + ".d")),
+        "a C extension loaded now": attempt(lambda: __import__("_decimal")),
+    }}
+    ran = []
+    thread = threading.Thread(target=lambda: ran.append(sum(range(10))))
+    thread.start(); thread.join()
+    found["a thread"] = "done" if ran == [45] else "failed"
+    found["a file read"] = attempt(lambda: open(os.__file__).read(10))
+    print(json.dumps(found), flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_memory_stays_counted_and_nothing_leaves_the_process(tmp_path):
+    brk = 12 if platform.machine().lower() in ("x86_64", "amd64") else 214
+    source = CHILD.format(folder=str(syscall_filter.__file__).rsplit("/", 1)[0], scratch=str(tmp_path / "scratch"), brk=brk)
+    child = subprocess.Popen([sys.executable, "-c", source], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "touched"
+        counter = touched_memory.TouchedMemory(touched_memory.leaf_process(child.pid))
+        assert counter.pid == child.pid
+        counter.reset()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        found = json.loads(child.stdout.readline())
+        # Written again, then "unmapped", advised away and mapped over: still there, and counted.
+        assert counter.read() >= 32 << 20
+        assert found == {
+            "munmap": "done",  # answered as if done: glibc aborts where a thread stack's unmapping fails
+            "madvise DONTNEED": "EPERM", "mmap over it": "EPERM", "brk below the break": "EPERM",
+            "fork": "EPERM", "a program": "EPERM", "a pipe": "EPERM", "a socket pair": "EPERM", "a memfd": "EPERM",
+            "a file written": "EROFS", "a folder made": "EROFS", "a C extension loaded now": "ImportError",
+            "a thread": "done", "a file read": "done",
+        }
+        assert not (tmp_path / "scratch").exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_count_is_of_what_a_process_touches_not_of_what_it_holds():
+    child = subprocess.Popen([sys.executable, "-c", "import sys\nheld = bytearray(64 << 20)\nprint('ready', flush=True)\n"
+                              "sys.stdin.readline()\nheld[::4096] = bytes(len(held) // 4096)\nprint('done', flush=True)\n"
+                              "sys.stdin.readline()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        counter = touched_memory.TouchedMemory(child.pid)
+        counter.reset()
+        assert counter.read() < 8 << 20  # 64 MiB held, untouched since the reset
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        assert counter.read() >= 64 << 20  # one byte in every page written: every page counted
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_an_unknown_architecture_is_refused_by_name():
+    with pytest.raises(OSError, match="knows x86_64 and aarch64, not riscv64"):
+        syscall_filter.program(None, "riscv64")
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_every_jump_lands_inside_the_program(machine):
+    for keeping in (None, 0x5555_0000_1000):
+        code = syscall_filter.program(keeping, machine)
+        for at, (operation, if_true, if_false, _) in enumerate(code):
+            if operation & 0x07 == 0x05:  # a jump
+                assert at + 1 + max(if_true, if_false) < len(code)
+        assert code[-1] == (0x06, 0, 0, 0x7FFF0000)  # anything not named is let through
