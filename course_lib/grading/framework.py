@@ -104,9 +104,11 @@ class Behaviour:
     when the property holds, or a sentence saying how it is broken. In a module exercise ``call``
     also takes ``init`` and ``state`` (as a ``Case``'s): it builds the student's module with them and
     returns its output (the first item of a tuple). ``call.measured(*args)`` gives
-    ``(result, peak_bytes)``: the call under ``no_grad`` with the bytes it kept alive at its peak
-    tracked where the call runs (in the kernel for the instant check; for the recorded grade, in
-    the replay worker, out of the notebook's reach).
+    ``(result, used_bytes)``: the call under ``no_grad``, and the memory it used. In the kernel (the
+    instant check) that is the most bytes of tensor storage alive at once (``course_lib.memory``); for
+    the recorded grade, the memory the replay worker's process touched during the call, counted by the
+    grader from outside it (``touched_memory``). A bound written for the first holds for the second:
+    memory reused within a call is touched once.
     """
 
     name: str

@@ -231,22 +231,22 @@ _MEMORY_FACTOR = 16
 
 
 def _memory_stays_linear(call, device: torch.device, gen: torch.Generator) -> str | None:
-    """The right answer, with peak live memory within a small multiple of L·(left+right+1+E+Ev)·itemsize,
+    """The right answer, using memory within a small multiple of L·(left+right+1+E+Ev)·itemsize,
     under no_grad."""
     L, (left, right), E = _MEMORY_L, _MEMORY_WINDOW, _MEMORY_E
     q, k, v = (runtime.randn(1, L, E, gen=gen, device=device) for _ in range(3))  # (1, L, E)
-    out, peak_bytes = call.measured(q, k, v, (left, right))
+    out, used_bytes = call.measured(q, k, v, (left, right))
     # The answer is checked at this size too: a function that computes something cheaper only here
     # (a compact, wrong result when L is large) would pass the bound without being banded.
     wrong = compare.compare_leaf(out, attention.sliding_window_attention(q, k, v, (left, right)), device)
     if wrong is not None:
         return f"for L = {L}, window ({left}, {right}) and E = Ev = {E} in float32: {wrong.problem}"
     unit = L * (left + right + 1 + 2 * E) * 4
-    if peak_bytes > _MEMORY_FACTOR * unit:
+    if used_bytes > _MEMORY_FACTOR * unit:
         dense = L * L * 4
         return (
-            f"for L = {L}, window ({left}, {right}) and E = Ev = {E} in float32, your function kept "
-            f"{peak_bytes / 2**20:.1f} MiB alive at once; a banded computation needs about "
+            f"for L = {L}, window ({left}, {right}) and E = Ev = {E} in float32, your function used "
+            f"{used_bytes / 2**20:.1f} MiB of memory; a banded computation needs about "
             f"{unit / 2**20:.2f} MiB (allowed: {_MEMORY_FACTOR}× that, {_MEMORY_FACTOR * unit / 2**20:.1f} MiB), "
             f"while one L×L float32 matrix is {dense / 2**20:.0f} MiB. This looks like a dense computation "
             "(a full mask or score matrix, or tiles that add up to one) — take the queries in blocks and "

@@ -291,22 +291,22 @@ MEMORY_FACTOR = 4
 
 
 def _memory_is_linear(call, device: torch.device, gen: torch.Generator) -> str | None:
-    """At L = S = 2048, E = Ev = 16, block 64, float32: the right answer, with peak live bytes within
+    """At L = S = 2048, E = Ev = 16, block 64, float32: the right answer, using memory within
     4·(L+S)·(E+Ev+block)·4."""
     q, k, v = (runtime.randn(1, MEMORY_L, MEMORY_E, gen=gen, device=device) for _ in range(3))
-    out, peak_bytes = call.measured(q, k, v, block_size=MEMORY_BLOCK)
+    out, used_bytes = call.measured(q, k, v, block_size=MEMORY_BLOCK)
     # The answer is checked at this size too: a function that computes something cheaper only here
     # (a compact, wrong result when L is large) would pass the bound without being a tiled forward.
     wrong = compare.compare_leaf(out, attention.scaled_dot_product_attention(q, k, v), device)
     if wrong is not None:
         return f"at L = S = {MEMORY_L}, E = Ev = {MEMORY_E}, block_size={MEMORY_BLOCK} (float32): {wrong.problem}"
     bound = MEMORY_FACTOR * 2 * MEMORY_L * (2 * MEMORY_E + MEMORY_BLOCK) * 4
-    if peak_bytes <= bound:
+    if used_bytes <= bound:
         return None
     mib = 1 << 20
     return (
-        f"at L = S = {MEMORY_L}, E = Ev = {MEMORY_E}, block_size={MEMORY_BLOCK} (float32) your function kept "
-        f"{peak_bytes / mib:.1f} MiB alive at once; the (L, S) scores alone are "
+        f"at L = S = {MEMORY_L}, E = Ev = {MEMORY_E}, block_size={MEMORY_BLOCK} (float32) your function used "
+        f"{used_bytes / mib:.1f} MiB of memory; the (L, S) scores alone are "
         f"{MEMORY_L * MEMORY_L * 4 / mib:.0f} MiB, and a tiled forward needs at most {bound / mib:.1f} MiB "
         f"({MEMORY_FACTOR}·(L + S)·(E + Ev + block)·4 bytes). Keep one (block, block) tile at a time: no (L, S) "
         "tensor, and no list of tiles or per-block outputs kept to be combined later — write each query "

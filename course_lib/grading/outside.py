@@ -13,8 +13,8 @@ an error to the cell, which nbgrader scores 0.
 What is not replayed here is said in the grading record, never silently passed: exercises that
 adapt what the student passes without saying how the worker does it (``Exercise.adapt_outside``;
 lesson 08's Triton step says: the worker runs it in a copy of the skeleton kernel) and cases whose
-inputs are not tensors or plain data. Behaviours run here too, peak memory included: it is measured
-in the worker, where the notebook's kernel (and whatever it patched there) is not. Each set of
+inputs are not tensors or plain data. Behaviours run here too, memory included: the grader counts the
+pages the worker's process touches during the call (``touched_memory``), from outside that process. Each set of
 refusals (``torch_shortcuts``) has its own worker, whose floor (``floor.Floor``) takes those shortcuts
 out of its process before the notebook's code runs. Before any of it, the student's cells are read
 (``policy``): a grade cell below one that could switch the checks off fails without being replayed.
@@ -129,7 +129,7 @@ class ReplayWorker:
         for file in _WORKER_FILES:
             shutil.copy(file, self.folder / file.name)
         # Triton's CPU interpreter, even on a GPU: it compiles nothing, so the worker runs no compiler
-        # (replay_worker.harden refuses every other process), and a kernel's verdict is the same everywhere.
+        # (its system-call filter refuses every other process), and a kernel's verdict is the same everywhere.
         environment = {**os.environ, "TRITON_INTERPRET": "1"}
         self.sandbox = Sandbox(self.folder, hidden=[*hidden, COURSE_LIB], readable=environment_paths(),
                                limits=limits, environment=environment)

@@ -328,8 +328,7 @@ def main() -> None:
         torch.cuda.init()  # CUDA's first use loads libraries through ctypes, refused once confined
     global _FLOOR
     _FLOOR = _BESIDE["floor"].Floor(refused["operators"], refused["functions"])
-    # On a GPU the filter leaves memory mappings alone: CUDA maps and unmaps device memory as it runs.
-    _BESIDE["syscall_filter"].install(memory=not cuda)
+    _BESIDE["syscall_filter"].install(cuda=cuda)  # on a GPU, other processes only (see the filter)
     _BESIDE["confinement"].confine(_FLOOR, _BESIDE["floor"].POISONED)
     # What the worker has made so far is never collected: a collection during a measured call then goes
     # through the notebook's objects only, not the whole of torch (which would count as memory touched).

@@ -15,6 +15,10 @@ loosened, whatever the process does. It keeps the grader's outside measure of me
   pipe, socket, shared memory, message queue, key, memfd, io_uring or BPF map, no write to any file,
   and no reaching into another process's memory.
 
+On a GPU only the processes are refused (``install(cuda=True)``): CUDA opens device files for writing,
+and maps and unmaps device memory, as it runs. The memory count there is then as sound as the worker's
+in-process guards (``confinement``), which native code could undo.
+
 Freed memory therefore stays mapped (glibc's ``free`` ignores a failed unmap; the process is short-
 lived), and every byte a call computes with lies in pages of the worker that the measure sees.
 A fixed ``mmap`` is also how a shared library is loaded: C extensions are imported before the filter
@@ -66,41 +70,43 @@ def _refuse(code: int) -> int:
     return _ERRNO | code
 
 
-# What each call gets, unconditionally. Memory first (left out on a GPU, where CUDA maps and unmaps device
-# memory as it runs): ``munmap`` is answered as if done (errno 0), since glibc aborts when a thread
-# stack's unmapping fails, and nothing else needs the pages gone.
+# What each call gets, unconditionally, in three groups. Other processes, refused everywhere:
+_PROCESSES = {
+    **dict.fromkeys(("fork", "vfork", "execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev",
+                     "pidfd_getfd"), _refuse(errno.EPERM)),
+    "clone3": _refuse(errno.ENOSYS),  # glibc then starts threads with clone, whose flags a filter can read
+}
+# Memory outside the process: kernel buffers, shared memory, files.
+_OUTSIDE = {
+    **dict.fromkeys(("pipe", "pipe2", "vmsplice", "socket", "socketpair", "shmget", "shmat", "msgget", "msgsnd",
+                     "mq_open", "mq_timedsend", "add_key", "request_key", "keyctl", "memfd_create", "memfd_secret",
+                     "io_uring_setup", "io_setup", "bpf", "perf_event_open"), _refuse(errno.EPERM)),
+    "openat2": _refuse(errno.ENOSYS),  # its flags are behind a pointer; glibc's open uses openat
+    **dict.fromkeys(("creat", "mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat", "link", "linkat",
+                     "rename", "renameat", "renameat2", "truncate", "setxattr", "lsetxattr", "fsetxattr"),
+                    _refuse(errno.EROFS)),
+}
+# Memory given back. ``munmap`` is answered as if done (errno 0): glibc aborts when a thread stack's
+# unmapping fails, and nothing else needs the pages gone.
 _KEEPING_MEMORY = {
     "munmap": _refuse(0),
     "mremap": _refuse(errno.ENOMEM),  # glibc's realloc falls back to copying
     **dict.fromkeys(("madvise", "process_madvise", "remap_file_pages", "move_pages", "migrate_pages", "mbind",
                      "userfaultfd"), _refuse(errno.EPERM)),
 }
-_REFUSED = {
-    **dict.fromkeys(("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd"), _refuse(errno.EPERM)),
-    **dict.fromkeys(("fork", "vfork", "execve", "execveat", "pipe", "pipe2", "vmsplice", "socket", "socketpair",
-                     "shmget", "shmat", "msgget", "msgsnd", "mq_open", "mq_timedsend", "add_key", "request_key",
-                     "keyctl", "memfd_create", "memfd_secret", "io_uring_setup", "io_setup", "bpf",
-                     "perf_event_open"), _refuse(errno.EPERM)),
-    "clone3": _refuse(errno.ENOSYS),  # glibc then starts threads with clone, whose flags a filter can read
-    "openat2": _refuse(errno.ENOSYS),  # its flags are behind a pointer; glibc's open uses openat
-    **dict.fromkeys(("creat", "mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat", "link", "linkat",
-                     "rename", "renameat", "renameat2", "truncate", "setxattr", "lsetxattr", "fsetxattr"),
-                    _refuse(errno.EROFS)),
-}
 # Calls refused only for some values of one argument: (argument index, bits, refused when the bits are
 # set (True) or clear (False), what it gets).
+_PROCESSES_WHEN = {"clone": (0, _CLONE_THREAD, False, _refuse(errno.EPERM))}  # a new process; a thread is let through
+_OUTSIDE_WHEN = {"open": (1, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
+                 "openat": (2, _WRITE_FLAGS, True, _refuse(errno.EROFS))}
 _KEEPING_MEMORY_WHEN = {"mmap": (3, _MAP_FIXED, True, _refuse(errno.EPERM))}
-_REFUSED_WHEN = {
-    "clone": (0, _CLONE_THREAD, False, _refuse(errno.EPERM)),  # a new process; a thread is let through
-    "open": (1, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
-    "openat": (2, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
-}
 
 
 def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[int, int, int, int]]:
     """The filter, as classic BPF instructions (code, jump if true, jump if false, constant). With a
-    ``lowest_break``, memory is kept too: a ``brk`` below it (which would give heap pages back) is refused,
-    as are the calls of ``_KEEPING_MEMORY``; None leaves memory mappings alone."""
+    ``lowest_break``, memory is kept in the process too: a ``brk`` below it (which would give heap pages
+    back) is refused, and so are the calls of ``_OUTSIDE`` and ``_KEEPING_MEMORY``; None refuses other
+    processes only."""
     machine = (machine or platform.machine()).lower()
     if machine not in _ARCHITECTURES:
         raise OSError(f"the replay worker's system-call filter knows x86_64 and aarch64, not {machine}")
@@ -110,11 +116,12 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
     if column == 0:  # x86_64's x32 calls (numbers from 0x40000000) are another way in to the same calls
         code += [(_JUMP_GREATER_EQUAL, 0, 1, 0x40000000), (_RETURN, 0, 0, _refuse(errno.ENOSYS))]
     keeping = lowest_break is not None
-    for name, action in {**(_KEEPING_MEMORY if keeping else {}), **_REFUSED}.items():
+    for name, action in {**_PROCESSES, **(_OUTSIDE if keeping else {}), **(_KEEPING_MEMORY if keeping else {})}.items():
         number = _CALLS[name][column]
         if number is not None:
             code += [(_JUMP_EQUAL, 0, 1, number), (_RETURN, 0, 0, action)]
-    for name, (argument, bits, when_set, action) in {**(_KEEPING_MEMORY_WHEN if keeping else {}), **_REFUSED_WHEN}.items():
+    conditional = {**_PROCESSES_WHEN, **(_OUTSIDE_WHEN if keeping else {}), **(_KEEPING_MEMORY_WHEN if keeping else {})}
+    for name, (argument, bits, when_set, action) in conditional.items():
         number = _CALLS[name][column]
         if number is None:
             continue
@@ -134,9 +141,10 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
     return [*code, (_RETURN, 0, 0, _ALLOW)]
 
 
-def install(memory: bool = True) -> None:
-    """Install the filter on this process (and any thread it starts); it cannot be taken back.
-    ``memory``: keep every page the process has mapped (not on a GPU)."""
+def install(cuda: bool = False) -> None:
+    """Install the filter on this process (and any thread it starts); it cannot be taken back. With
+    ``cuda``, only other processes are refused: CUDA opens device files for writing and maps and unmaps
+    device memory as it runs."""
     if not platform.system() == "Linux":
         raise OSError(f"the replay worker's system-call filter needs Linux, not {platform.system()}")
     libc = ctypes.CDLL(None, use_errno=True)
@@ -144,7 +152,7 @@ def install(memory: bool = True) -> None:
     libc.sbrk.argtypes = [ctypes.c_long]
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     top = None
-    if memory:
+    if not cuda:
         page = os.sysconf("SC_PAGE_SIZE")
         top = -(-libc.sbrk(0) // page) * page  # the break, rounded up to a page
         # MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, no access: nothing may ever live there.

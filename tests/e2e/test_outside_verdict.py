@@ -77,7 +77,7 @@ def test_a_dense_answer_with_a_patched_tracker_fails_outside(tmp_path, monkeypat
     dense = DENSE_WITH_A_PATCHED_TRACKER[DENSE_WITH_A_PATCHED_TRACKER.index("def sliding_window_attention"):]
     verdict = _verdict(_notebook(dense), tmp_path)
     assert verdict.failure is not None and verdict.failure.kind == "behaviour", verdict
-    assert "MiB alive at once" in verdict.failure.problem
+    assert "MiB of memory" in verdict.failure.problem
 
 
 def test_the_solution_passes_outside(tmp_path):

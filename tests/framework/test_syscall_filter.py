@@ -131,3 +131,12 @@ def test_every_jump_lands_inside_the_program(machine):
             if operation & 0x07 == 0x05:  # a jump
                 assert at + 1 + max(if_true, if_false) < len(code)
         assert code[-1] == (0x06, 0, 0, 0x7FFF0000)  # anything not named is let through
+
+
+def test_on_a_gpu_only_other_processes_are_refused():
+    """CUDA opens device files for writing and maps and unmaps device memory as it runs (install(cuda=True))."""
+    compared = {constant for operation, _, _, constant in syscall_filter.program(None, "x86_64") if operation == 0x15}
+    assert {57, 58, 59, 322, 56} <= compared  # fork, vfork, execve, execveat, clone (a thread is let through)
+    assert not compared & {22, 293, 257, 11, 28, 12}  # pipe, pipe2, openat, munmap, madvise, brk
+    everything = {constant for operation, _, _, constant in syscall_filter.program(1 << 40, "x86_64") if operation == 0x15}
+    assert {22, 293, 257, 11, 28, 12} <= everything

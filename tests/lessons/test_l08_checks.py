@@ -208,7 +208,7 @@ def test_tiled_forward_mistakes_are_named():
 def test_a_forward_that_keeps_the_scores_or_its_tiles_is_refused_by_its_memory(fn):
     failure = _fails(check_flash_attention, fn)
     assert failure.kind == "behaviour" and failure.behaviour == "peak memory linear in the sequence length"
-    assert "MiB alive at once" in failure.problem and "list of tiles" in failure.problem
+    assert "MiB of memory" in failure.problem and "list of tiles" in failure.problem
 
 
 def test_a_forward_that_is_cheap_and_wrong_only_at_the_measured_size_is_refused():
