@@ -8,7 +8,8 @@ loosened, whatever the process does. It keeps the grader's outside measure of me
 
 * **no memory leaves the process during its life**: ``munmap`` is answered "done" without unmapping,
   ``madvise`` is refused (its DONTNEED, FREE, COLD and PAGEOUT would drop pages or their marks), and so
-  are ``mremap``, a fixed ``mmap`` (which would replace pages in place), the NUMA calls that move pages,
+  are ``mremap``, a fixed ``mmap`` (which would replace pages in place), an ``mprotect`` that takes
+  write access away (the count is of writable memory), the NUMA calls that move pages,
   and a ``brk`` below the break the filter found. A page placed just above that break keeps the heap
   from growing there (glibc then grows it with ``mmap``, and never gives that back);
 * **no memory outside the process**: no other process (fork, exec, a clone that is not a thread), no
@@ -39,7 +40,7 @@ _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
 _LOAD_WORD, _JUMP_EQUAL, _JUMP_SET, _JUMP_GREATER, _JUMP_GREATER_EQUAL, _RETURN = 0x20, 0x15, 0x45, 0x25, 0x35, 0x06
 _ALLOW, _KILL_PROCESS, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
 _NUMBER, _ARCHITECTURE = 0, 4  # offsets in struct seccomp_data; the arguments follow at 16 + 8·i
-_CLONE_THREAD, _MAP_FIXED = 0x00010000, 0x10
+_CLONE_THREAD, _MAP_FIXED, _PROT_WRITE = 0x00010000, 0x10, 0x2
 _WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
 
 # System call numbers: (x86_64, aarch64); None where the architecture has no such call.
@@ -47,7 +48,8 @@ _CALLS = {
     "fork": (57, None), "vfork": (58, None), "execve": (59, 221), "execveat": (322, 281),
     "clone": (56, 220), "clone3": (435, 435),
     "munmap": (11, 215), "mremap": (25, 216), "madvise": (28, 233), "process_madvise": (440, 440),
-    "brk": (12, 214), "mmap": (9, 222), "remap_file_pages": (216, 234),
+    "brk": (12, 214), "mmap": (9, 222), "remap_file_pages": (216, 234), "mprotect": (10, 226),
+    "pkey_mprotect": (329, 288),
     "move_pages": (279, 239), "migrate_pages": (256, 238), "mbind": (237, 235), "userfaultfd": (323, 282),
     "pipe": (22, None), "pipe2": (293, 59), "vmsplice": (278, 75), "socket": (41, 198), "socketpair": (53, 199),
     "shmget": (29, 194), "shmat": (30, 196), "msgget": (68, 186), "msgsnd": (69, 189),
@@ -99,7 +101,11 @@ _KEEPING_MEMORY = {
 _PROCESSES_WHEN = {"clone": (0, _CLONE_THREAD, False, _refuse(errno.EPERM))}  # a new process; a thread is let through
 _OUTSIDE_WHEN = {"open": (1, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
                  "openat": (2, _WRITE_FLAGS, True, _refuse(errno.EROFS))}
-_KEEPING_MEMORY_WHEN = {"mmap": (3, _MAP_FIXED, True, _refuse(errno.EPERM))}
+# The count covers writable mappings only (the code of libraries is touched too, and is no memory a
+# call uses): memory made read-only again would leave it. JIT compilers (oneDNN's) keep write.
+_KEEPING_MEMORY_WHEN = {"mmap": (3, _MAP_FIXED, True, _refuse(errno.EPERM)),
+                        "mprotect": (2, _PROT_WRITE, False, _refuse(errno.EPERM)),
+                        "pkey_mprotect": (2, _PROT_WRITE, False, _refuse(errno.EPERM))}
 
 
 def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[int, int, int, int]]:

@@ -9,8 +9,9 @@ reused). Nothing in the worker's process can change what the kernel counted, and
 call filter (``syscall_filter``) keeps the count honest: no page leaves the process (so a matrix freed
 before the call returns is still counted), no memory outside it (pipes, files, other processes).
 
-Only writable mappings count: the code of Python and of the libraries a call runs is touched too, but
-it is not memory the call uses. This reads ``/proc`` of a Linux machine; elsewhere ``available``
+Only writable mappings count (the filter refuses taking write access away): the code of Python and
+of the libraries a call runs is touched too, but it is not memory the call uses. A GPU's device
+memory is not counted at all: the grader measures on the CPU. This reads ``/proc`` of a Linux machine; elsewhere ``available``
 is False and the grading record says the measure could not be taken.
 """
 
@@ -55,7 +56,8 @@ class TouchedMemory:
                 continue
             if not fields[0].endswith(":"):  # a mapping's first line: "start-end perms offset dev inode [path]"
                 path = fields[5] if len(fields) > 5 else ""
-                writable = "w" in fields[1] and not path.startswith("/dev/")  # not a device's memory (a GPU's)
+                # Not a GPU's device memory; shared anonymous memory ("/dev/zero (deleted)") counts.
+                writable = "w" in fields[1] and not path.startswith("/dev/nvidia")
             elif fields[0] == "Referenced:" and writable:
                 total += int(fields[1]) * 1024  # in kB
         return total

@@ -28,7 +28,7 @@ CHILD = textwrap.dedent("""
     libc.mmap.restype = libc.sbrk.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.argtypes = libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.syscall.restype = ctypes.c_long
 
     def outcome(value, failed=-1):
@@ -45,11 +45,15 @@ CHILD = textwrap.dedent("""
 
     size = 32 << 20
     block = libc.mmap(None, size, 3, 0x22, -1, 0)  # read-write, private anonymous
+    shared = libc.mmap(None, size, 3, 0x21, -1, 0)  # read-write, shared anonymous ("/dev/zero (deleted)")
     ctypes.memset(block, 1, size)
+    ctypes.memset(shared, 1, size)
     print("touched", flush=True)
     sys.stdin.readline()  # the parent has counted; now every way to make the pages disappear
     ctypes.memset(block, 2, size)
+    ctypes.memset(shared, 2, size)
     found = {{
+        "mprotect read-only": outcome(libc.mprotect(block, size, 1)),
         "munmap": outcome(libc.munmap(block, size)),
         "madvise DONTNEED": outcome(libc.madvise(block, size, 4)),
         "mmap over it": outcome(libc.mmap(block, size, 3, 0x32, -1, 0), failed=ctypes.c_void_p(-1).value),
@@ -85,10 +89,11 @@ def test_memory_stays_counted_and_nothing_leaves_the_process(tmp_path):
         child.stdin.write("go\n")
         child.stdin.flush()
         found = json.loads(child.stdout.readline())
-        # Written again, then "unmapped", advised away and mapped over: still there, and counted.
-        assert counter.read() >= 32 << 20
+        # Written again, then made read-only, "unmapped", advised away and mapped over: still there, and
+        # counted, with the shared block.
+        assert counter.read() >= 64 << 20
         assert found == {
-            "munmap": "done",  # answered as if done: glibc aborts where a thread stack's unmapping fails
+            "mprotect read-only": "EPERM", "munmap": "done",  # answered as if done: glibc aborts where a thread stack's unmapping fails
             "madvise DONTNEED": "EPERM", "mmap over it": "EPERM", "brk below the break": "EPERM",
             "fork": "EPERM", "a program": "EPERM", "a pipe": "EPERM", "a socket pair": "EPERM", "a memfd": "EPERM",
             "a file written": "EROFS", "a folder made": "EROFS", "a C extension loaded now": "ImportError",
@@ -137,6 +142,6 @@ def test_on_a_gpu_only_other_processes_are_refused():
     """CUDA opens device files for writing and maps and unmaps device memory as it runs (install(cuda=True))."""
     compared = {constant for operation, _, _, constant in syscall_filter.program(None, "x86_64") if operation == 0x15}
     assert {57, 58, 59, 322, 56} <= compared  # fork, vfork, execve, execveat, clone (a thread is let through)
-    assert not compared & {22, 293, 257, 11, 28, 12}  # pipe, pipe2, openat, munmap, madvise, brk
+    assert not compared & {22, 293, 257, 11, 28, 12, 10}  # pipe, pipe2, openat, munmap, madvise, brk, mprotect
     everything = {constant for operation, _, _, constant in syscall_filter.program(1 << 40, "x86_64") if operation == 0x15}
-    assert {22, 293, 257, 11, 28, 12} <= everything
+    assert {22, 293, 257, 11, 28, 12, 10} <= everything
