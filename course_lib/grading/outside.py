@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,15 +124,18 @@ class WorkerEnded(RuntimeError):
 class ReplayWorker:
     """A sandboxed interpreter that runs a notebook's code up to a point, ready for calls there."""
 
-    def __init__(self, *, refused: dict[str, dict[str, str]], hidden: list[Path], limits: Limits, cell_timeout: float):
+    def __init__(self, *, refused: dict[str, dict[str, str]], hidden: list[Path], limits: Limits, cell_timeout: float,
+                 gpu: bool = True):
+        """``gpu=False``: a worker without CUDA (its device files hidden), where the memory a call uses can
+        only be the process's own, which the grader counts (``touched_memory``) and its filter keeps."""
         self.folder = Path(tempfile.mkdtemp(prefix="course-replay-"))
         for file in _WORKER_FILES:
             shutil.copy(file, self.folder / file.name)
         # Triton's CPU interpreter, even on a GPU: it compiles nothing, so the worker runs no compiler
         # (its system-call filter refuses every other process), and a kernel's verdict is the same everywhere.
-        environment = {**os.environ, "TRITON_INTERPRET": "1"}
+        environment = {**os.environ, "TRITON_INTERPRET": "1", **({} if gpu else {"CUDA_VISIBLE_DEVICES": ""})}
         self.sandbox = Sandbox(self.folder, hidden=[*hidden, COURSE_LIB], readable=environment_paths(),
-                               limits=limits, environment=environment)
+                               limits=limits, environment=environment, gpu=gpu)
         # The floor (``floor.lay``) is laid from the first argument before any of the notebook's code runs.
         command = self.sandbox.command([sys.executable, "-I", str(self.folder / "replay_worker.py"), json.dumps(refused)])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -260,7 +263,17 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
                 shortcuts = torch_shortcuts(exercise)
                 key = json.dumps(shortcuts, sort_keys=True)
                 workers[key], skip = _worker_at(workers.get(key), cells, index, skip, {**options, "refused": shortcuts})
-                failure, decided = _verify_call(workers[key], exercise, call, secret)
+
+                def measuring(key: str = key + " without a GPU", shortcuts: dict = shortcuts, index: int = index) -> ReplayWorker:
+                    """Where memory is measured: on a GPU machine, a worker of its own without CUDA (the memory
+                    of a GPU is not the process's, which the grader counts); elsewhere the same worker."""
+                    if runtime.device().type != "cuda":
+                        return workers[key.removesuffix(" without a GPU")]
+                    workers[key], _ = _worker_at(workers.get(key), cells, index, skip,
+                                                 {**options, "refused": shortcuts, "gpu": False})
+                    return workers[key]
+
+                failure, decided = _verify_call(workers[key], exercise, call, secret, measuring)
                 verdict.decided_by.append(f"{call.exercise}: {decided}")
                 if failure and verdict.failure is None:
                     verdict.failure = failure
@@ -318,7 +331,8 @@ def _worker_at(worker: ReplayWorker | None, cells: list[tuple[int, str, str]], i
     raise RuntimeError("the replay worker does not start: see `python -m course_lib.grading.sandbox`")
 
 
-def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secret: str) -> tuple[Failure | None, str]:
+def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secret: str,
+                 measuring: Callable[[], ReplayWorker]) -> tuple[Failure | None, str]:
     if exercise.adapt is not None and not exercise.adapt_only_refuses and exercise.adapt_outside is None:
         return None, "in-kernel only (what the student passes is adapted inside the kernel)"
     device = runtime.device()
@@ -332,7 +346,7 @@ def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secr
     except _NotReplayable as reason:
         return None, f"in-kernel only ({reason})"
     for behaviour in exercise.behaviours:
-        problem = _replay_behaviour(worker, exercise, call.function, behaviour, device, timeout, secret, call)
+        problem = _replay_behaviour(worker, measuring, exercise, call.function, behaviour, device, timeout, secret, call)
         if problem:
             return Failure(exercise.name, "behaviour", problem, behaviour=behaviour.name), "outside"
     return None, "outside"
@@ -379,7 +393,7 @@ def _replay_case(worker: ReplayWorker, exercise: Exercise, function: str, case: 
     return exercise.judge(case, result, device, gradients)
 
 
-def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, secret, call) -> str | None:  # noqa: ANN001
+def _replay_behaviour(worker, measuring, exercise, function, behaviour, device, timeout, secret, call) -> str | None:  # noqa: ANN001
     def request(args: tuple, kwargs: dict, measure: bool, on_cpu: bool = False) -> tuple[torch.Tensor, dict]:
         tensors: dict[str, torch.Tensor] = {}
         case = None
@@ -388,7 +402,7 @@ def _replay_behaviour(worker, exercise, function, behaviour, device, timeout, se
         # Memory is measured on the CPU, where the operating system counts it (touched_memory).
         header = {**_call_header(exercise, function, torch.device("cpu") if on_cpu else device, tensors, args,
                                  kwargs, case), "measure": measure}
-        reply, out = worker.request(header, tensors, timeout)
+        reply, out = (measuring() if on_cpu else worker).request(header, tensors, timeout)
         if "error" in reply:
             raise _BehaviourCallFailed(reply.get("problem", ""))
         result = replay_worker.decode(reply["result"], {k: t.to(device) for k, t in out.items()})

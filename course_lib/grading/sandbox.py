@@ -93,8 +93,10 @@ class Sandbox:
         writable: Iterable[Path] = (),
         limits: Limits = Limits(),
         environment: dict[str, str] | None = None,
+        gpu: bool = True,
     ):
         self.workdir = Path(workdir).resolve()
+        self.gpu = gpu  # False: the GPU's device files are not there, so CUDA cannot start inside
         # Outer folders first: a folder hidden (or re-exposed) inside another is mounted after it.
         self.hidden = sorted({Path(p).resolve() for p in hidden}, key=lambda p: len(p.parts))
         self.readable = sorted({Path(p).resolve() for p in readable}, key=lambda p: len(p.parts))
@@ -131,7 +133,7 @@ class Sandbox:
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--remount-ro", "/proc",  # no process may write its own memory (/proc/self/mem)
         ]
-        for device in sorted(Path("/dev").glob("nvidia*")):  # CUDA needs its device files
+        for device in sorted(Path("/dev").glob("nvidia*")) if self.gpu else ():  # CUDA needs its device files
             args += ["--dev-bind", str(device), str(device)]
         hidden = [Path(p) for p in PRIVATE_FOLDERS] + [h for h in self.hidden if h.exists()]
         for folder in hidden:

@@ -346,3 +346,18 @@ def test_multi_head_attention_is_refused_where_sdpa_is(tmp_path):
         assert "error" not in reply, reply
     finally:
         started.close()
+
+
+def test_memory_is_measured_in_a_worker_without_a_gpu(tmp_path):
+    """On a GPU machine, a graded function could move its work to the GPU, whose memory is not the process's:
+    measured calls go to a worker whose sandbox has no GPU device files (outside.verify_notebook)."""
+    started = outside.ReplayWorker(refused=outside.torch_shortcuts(SOFTMAX), hidden=[tmp_path],
+                                   limits=sandbox.Limits(), cell_timeout=60, gpu=False)
+    try:
+        assert not any("nvidia" in part for part in started.sandbox.command(["true"]))
+        assert started.sandbox.environment["CUDA_VISIBLE_DEVICES"] == ""
+        source = "import torch\nassert not torch.cuda.is_available()"
+        reply, _ = started.request({"op": "run", "source": source, "label": "no GPU"}, {}, 60)
+        assert reply == {"ok": True}, reply
+    finally:
+        started.close()
