@@ -361,3 +361,10 @@ def test_memory_is_measured_in_a_worker_without_a_gpu(tmp_path):
         assert reply == {"ok": True}, reply
     finally:
         started.close()
+
+
+def test_the_worker_has_no_transparent_huge_pages(worker):
+    """Where the machine backs memory with 2 MiB pages by default, a call that touched one byte of one would be
+    counted 2 MiB: the worker turns them off for itself before it allocates much."""
+    status = dict(line.split(":", 1) for line in open(f"/proc/{worker.touched.pid}/status"))
+    assert status["THP_enabled"].strip() == "0"
