@@ -61,3 +61,60 @@ class TouchedMemory:
             elif fields[0] == "Referenced:" and writable:
                 total += int(fields[1]) * 1024  # in kB
         return total
+
+
+# ``python -m course_lib.grading.touched_memory``: the count on this machine, for four ways to compute lesson
+# 08's attention at its measured size, against its bound — a check that the count works here.
+_WAYS = {
+    "a copy of q (nothing)": "def attend(q, k, v):\n    return q.clone()",
+    "tiled, one (64, 64) tile at a time": (
+        "import math, torch\ndef attend(q, k, v, B=64):\n    out = torch.empty_like(q)\n"
+        "    for i in range(0, q.shape[-2], B):\n        qi = q[..., i:i + B, :] / math.sqrt(q.shape[-1])\n"
+        "        m = torch.full(qi.shape[:-1], -math.inf)\n        l, acc = torch.zeros(qi.shape[:-1]), torch.zeros_like(qi)\n"
+        "        for j in range(0, k.shape[-2], B):\n            s = qi @ k[..., j:j + B, :].mT\n"
+        "            m_new = torch.maximum(m, s.amax(-1))\n            p, c = (s - m_new[..., None]).exp(), (m - m_new).exp()\n"
+        "            l, acc, m = c * l + p.sum(-1), c[..., None] * acc + p @ v[..., j:j + B, :], m_new\n"
+        "        out[..., i:i + B, :] = acc / l[..., None]\n    return out"),
+    "strips of (64, S) scores": (
+        "import math, torch\ndef attend(q, k, v, B=64):\n    out = torch.empty_like(q)\n"
+        "    for i in range(0, q.shape[-2], B):\n        s = q[..., i:i + B, :] @ k.mT / math.sqrt(q.shape[-1])\n"
+        "        p = (s - s.amax(-1, keepdim=True)).exp()\n        out[..., i:i + B, :] = (p / p.sum(-1, keepdim=True)) @ v\n"
+        "    return out"),
+    "dense, one (L, S) matrix in place": (
+        "import math, torch\ndef attend(q, k, v):\n    s = q @ k.mT / math.sqrt(q.shape[-1])\n"
+        "    s.sub_(s.amax(-1, keepdim=True)).exp_()\n    return s.div_(s.sum(-1, keepdim=True)) @ v"),
+}
+
+
+def _demonstrate() -> None:
+    import torch  # noqa: PLC0415 - the grader's side only
+
+    from course_lib.grading import l08_flash_attention as lesson, outside, replay_worker, sandbox  # noqa: PLC0415
+
+    worker = outside.ReplayWorker(refused={"operators": {}, "functions": {}}, hidden=[], limits=sandbox.Limits(),
+                                  cell_timeout=120)
+    bound = lesson.MEMORY_FACTOR * 2 * lesson.MEMORY_L * (2 * lesson.MEMORY_E + lesson.MEMORY_BLOCK) * 4
+    try:
+        base, per_byte = worker.protocol_memory
+        print(f"the protocol's own memory: {base / 2**20:.2f} MiB + {per_byte:.2f} × the bytes in and out")
+        print(f"L = S = {lesson.MEMORY_L}, E = {lesson.MEMORY_E}, float32; lesson 08's bound: {bound / 2**20:.1f} MiB")
+        generator = torch.Generator().manual_seed(0)
+        for name, source in _WAYS.items():
+            worker.request({"op": "run", "source": source, "label": name}, {}, 120)
+            used = []
+            for measure in (False, True, True):  # first unmeasured, as the grader does
+                tensors: dict[str, torch.Tensor] = {}
+                args = tuple(torch.randn(1, lesson.MEMORY_L, lesson.MEMORY_E, generator=generator) for _ in range(3))
+                header = {"op": "call", "name": "attend", "device": "cpu", "module": False, "grad": False,
+                          "measure": measure, "input_names": ["q", "k", "v"],
+                          "args": replay_worker.encode(args, tensors), "kwargs": replay_worker.encode({}, tensors)}
+                reply, _ = worker.request(header, tensors, 120)
+                used += [reply["used_bytes"] / 2**20] if measure else []
+            verdict = "within" if max(used) <= bound / 2**20 else "over"
+            print(f"  {name:36s} used {min(used):5.1f}–{max(used):5.1f} MiB ({verdict} the bound)")
+    finally:
+        worker.close()
+
+
+if __name__ == "__main__":
+    _demonstrate()

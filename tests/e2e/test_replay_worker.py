@@ -368,3 +368,13 @@ def test_the_worker_has_no_transparent_huge_pages(worker):
     counted 2 MiB: the worker turns them off for itself before it allocates much."""
     status = dict(line.split(":", 1) for line in open(f"/proc/{worker.touched.pid}/status"))
     assert status["THP_enabled"].strip() == "0"
+
+
+def test_a_command_shows_the_count_on_this_machine(capsys):
+    from course_lib.grading import touched_memory
+
+    touched_memory._demonstrate()
+    lines = {line.split(" used ")[0].strip(): line for line in capsys.readouterr().out.splitlines() if " used " in line}
+    assert lines["tiled, one (64, 64) tile at a time"].endswith("(within the bound)"), lines
+    assert lines["strips of (64, S) scores"].endswith("(within the bound)"), lines
+    assert lines["dense, one (L, S) matrix in place"].endswith("(over the bound)"), lines
