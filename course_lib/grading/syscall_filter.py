@@ -1,29 +1,34 @@
-"""A seccomp filter for the replay worker: what its process may not ask of the operating system, once
-its own start is over and before any of the notebook's code runs.
+"""A seccomp filter for the replay worker: what its process may ask of the operating system, once its
+own start is over and before any of the notebook's code runs.
 
 The worker's other guards (``floor``, ``confinement``) live in its own memory, where code that reaches
-raw memory could undo them. This one lives in the kernel: once installed it cannot be removed or
-loosened, whatever the process does. It keeps the grader's outside measure of memory
-(``outside.TouchedMemory``, which counts the pages the process touches during a call) sound:
+raw memory could undo them. This one lives in the kernel: once installed (on every thread of the
+process) it cannot be removed or loosened, whatever the process does. It keeps the grader's count of
+memory (``touched_memory``: the pages the process touches during a call) sound. **Only what Python,
+PyTorch, NumPy and Triton's interpreter ask for once started is allowed** (``_ALLOWED``: found by
+tracing the replay of every lesson's solution, and calls of the same kind); anything else fails with
+ENOSYS — other processes, pipes, sockets, shared memory, semaphores, message queues, keys, memfds,
+epoll, eventfds, timers, io_uring, BPF. Some calls get a clear refusal instead (``_REFUSED``), and some
+are allowed only with some arguments (``_ALLOWED_WHEN``):
 
 * **no memory leaves the process during its life**: ``munmap`` is answered "done" without unmapping,
   ``madvise`` is refused (its DONTNEED, FREE, COLD and PAGEOUT would drop pages or their marks), and so
-  are ``mremap``, a fixed ``mmap`` (which would replace pages in place), an ``mprotect`` that takes
-  write access away (the count is of writable memory), the NUMA calls that move pages,
-  and a ``brk`` below the break the filter found. A page placed just above that break keeps the heap
-  from growing there (glibc then grows it with ``mmap``, and never gives that back);
-* **no memory outside the process**: no other process (fork, exec, a clone that is not a thread), no
-  pipe, socket, shared memory, message queue, key, memfd, io_uring or BPF map, no write to any file,
-  and no reaching into another process's memory.
-
-On a GPU only the processes are refused (``install(cuda=True)``): CUDA opens device files for writing,
-and maps and unmaps device memory, as it runs. The memory count there is then as sound as the worker's
-in-process guards (``confinement``), which native code could undo.
+  are ``mremap``, a fixed ``mmap`` (which would replace pages in place), huge-page mappings (which
+  have no count of touched pages), an ``mprotect`` that takes write access away (the count is of
+  writable memory), and a ``brk`` below the break the filter found. A page placed just above that break
+  keeps the heap from growing there (glibc then grows it with ``mmap``, and never gives that back);
+* **no memory outside the process**: no file opened for writing (nor made, linked or renamed), and no
+  kernel object that holds data, as above; a thread is allowed (it shares the process's memory), a
+  process is not.
 
 Freed memory therefore stays mapped (glibc's ``free`` ignores a failed unmap; the process is short-
-lived), and every byte a call computes with lies in pages of the worker that the measure sees.
+lived), and every byte a call computes with lies in pages of the worker that the count sees.
 A fixed ``mmap`` is also how a shared library is loaded: C extensions are imported before the filter
 (``replay_worker.PRELOADED``); one imported later fails to load.
+
+On a GPU (``install(cuda=True)``) only other processes are refused: CUDA opens device files for
+writing, maps and unmaps device memory, and uses calls of its own as it runs. The grader measures
+memory in a worker without a GPU (``outside.verify_notebook``).
 Linux only, x86_64 and aarch64; this file imports nothing of course_lib: it is copied beside the worker.
 """
 
@@ -34,35 +39,52 @@ import errno
 import os
 import platform
 import struct
+from typing import Any
 
 # seccomp and classic BPF, from <linux/seccomp.h>, <linux/filter.h> and <linux/audit.h>.
-_PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
+_PR_SET_NO_NEW_PRIVS = 38
 _LOAD_WORD, _JUMP_EQUAL, _JUMP_SET, _JUMP_GREATER, _JUMP_GREATER_EQUAL, _RETURN = 0x20, 0x15, 0x45, 0x25, 0x35, 0x06
 _ALLOW, _KILL_PROCESS, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
 _NUMBER, _ARCHITECTURE = 0, 4  # offsets in struct seccomp_data; the arguments follow at 16 + 8·i
-_CLONE_THREAD, _MAP_FIXED, _PROT_WRITE = 0x00010000, 0x10, 0x2
+_CLONE_THREAD, _MAP_FIXED, _MAP_HUGETLB, _PROT_WRITE = 0x00010000, 0x10, 0x40000, 0x2
 _WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
 
 # System call numbers: (x86_64, aarch64); None where the architecture has no such call.
 _CALLS = {
-    "fork": (57, None), "vfork": (58, None), "execve": (59, 221), "execveat": (322, 281),
-    "clone": (56, 220), "clone3": (435, 435),
-    "munmap": (11, 215), "mremap": (25, 216), "madvise": (28, 233), "process_madvise": (440, 440),
-    "brk": (12, 214), "mmap": (9, 222), "remap_file_pages": (216, 234), "mprotect": (10, 226),
-    "pkey_mprotect": (329, 288),
-    "move_pages": (279, 239), "migrate_pages": (256, 238), "mbind": (237, 235), "userfaultfd": (323, 282),
-    "pipe": (22, None), "pipe2": (293, 59), "vmsplice": (278, 75), "socket": (41, 198), "socketpair": (53, 199),
-    "shmget": (29, 194), "shmat": (30, 196), "msgget": (68, 186), "msgsnd": (69, 189),
-    "mq_open": (240, 180), "mq_timedsend": (242, 182), "add_key": (248, 217), "request_key": (249, 218),
-    "keyctl": (250, 219), "memfd_create": (319, 279), "memfd_secret": (447, 447),
-    "io_uring_setup": (425, 425), "io_setup": (206, 0), "bpf": (321, 280), "perf_event_open": (298, 241),
-    "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "ptrace": (101, 117),
-    "pidfd_getfd": (438, 438),
-    "open": (2, None), "openat": (257, 56), "openat2": (437, 437), "creat": (85, None),
-    "mkdir": (83, None), "mkdirat": (258, 34), "mknod": (133, None), "mknodat": (259, 33),
-    "symlink": (88, None), "symlinkat": (266, 36), "link": (86, None), "linkat": (265, 37),
-    "rename": (82, None), "renameat": (264, 38), "renameat2": (316, 276),
-    "truncate": (76, 45), "setxattr": (188, 5), "lsetxattr": (189, 6), "fsetxattr": (190, 7),
+    # Allowed.
+    "read": (0, 63), "write": (1, 64), "close": (3, 57), "fstat": (5, 80), "lseek": (8, 62), "pread64": (17, 67),
+    "readv": (19, 65), "writev": (20, 66), "newfstatat": (262, 79), "statx": (332, 291), "stat": (4, None),
+    "lstat": (6, None), "access": (21, None), "faccessat": (269, 48), "faccessat2": (439, 439),
+    "readlink": (89, None), "readlinkat": (267, 78), "getdents64": (217, 61), "getcwd": (79, 17),
+    "ioctl": (16, 29), "fcntl": (72, 25), "dup": (32, 23), "dup2": (33, None), "dup3": (292, 24),
+    "futex": (202, 98), "sched_yield": (24, 124), "sched_getaffinity": (204, 123), "sched_setaffinity": (203, 122),
+    "getpid": (39, 172), "gettid": (186, 178), "getppid": (110, 173), "getuid": (102, 174), "geteuid": (107, 175),
+    "getgid": (104, 176), "getegid": (108, 177), "getresuid": (118, 148), "getresgid": (120, 150),
+    "uname": (63, 160), "sysinfo": (99, 179), "prlimit64": (302, 261), "getrlimit": (97, 163),
+    "getrusage": (98, 165), "times": (100, 153), "clock_gettime": (228, 113), "clock_getres": (229, 114),
+    "clock_nanosleep": (230, 115), "nanosleep": (35, 101), "gettimeofday": (96, 169), "time": (201, None),
+    "getrandom": (318, 278), "rt_sigaction": (13, 134), "rt_sigprocmask": (14, 135), "rt_sigreturn": (15, 139),
+    "sigaltstack": (131, 132), "rt_sigsuspend": (130, 133), "rt_sigtimedwait": (128, 137),
+    "rt_sigpending": (127, 136), "restart_syscall": (219, 128), "tgkill": (234, 131), "kill": (62, 129),
+    "exit": (60, 93), "exit_group": (231, 94), "set_robust_list": (273, 99), "rseq": (334, 293),
+    "set_tid_address": (218, 96), "arch_prctl": (158, None), "prctl": (157, 167), "poll": (7, None),
+    "ppoll": (271, 73), "select": (23, None), "pselect6": (270, 72), "membarrier": (324, 283),
+    "sched_getparam": (143, 121), "sched_getscheduler": (145, 120), "sched_get_priority_max": (146, 125),
+    "sched_get_priority_min": (147, 126), "getpriority": (140, 141), "capget": (125, 90), "wait4": (61, 260),
+    "mincore": (27, 232), "msync": (26, 227), "fsync": (74, 82), "fdatasync": (75, 83), "flock": (73, 32),
+    "fadvise64": (221, 223), "close_range": (436, 436), "statfs": (137, 43), "fstatfs": (138, 44),
+    "umask": (95, 166), "chdir": (80, 49), "fchdir": (81, 50), "getpgid": (121, 155), "getsid": (124, 156),
+    "getpgrp": (111, None), "alarm": (37, None), "setitimer": (38, 103), "getitimer": (36, 102),
+    "seccomp": (317, 277),
+    # Allowed with some arguments only, or answered as if done.
+    "clone": (56, 220), "mmap": (9, 222), "mprotect": (10, 226), "open": (2, None), "openat": (257, 56),
+    "munmap": (11, 215), "brk": (12, 214),
+    # Refused, with an error that says why (anything else not allowed gets ENOSYS).
+    "fork": (57, None), "vfork": (58, None), "execve": (59, 221), "execveat": (322, 281), "clone3": (435, 435),
+    "mremap": (25, 216), "madvise": (28, 233), "pipe": (22, None), "pipe2": (293, 59), "socket": (41, 198),
+    "socketpair": (53, 199), "memfd_create": (319, 279), "creat": (85, None), "mkdir": (83, None),
+    "mkdirat": (258, 34), "symlink": (88, None), "symlinkat": (266, 36), "link": (86, None), "linkat": (265, 37),
+    "rename": (82, None), "renameat": (264, 38), "renameat2": (316, 276), "openat2": (437, 437),
 }
 _ARCHITECTURES = {"x86_64": (0, 0xC000003E), "amd64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7),
                   "arm64": (1, 0xC00000B7)}
@@ -72,47 +94,35 @@ def _refuse(code: int) -> int:
     return _ERRNO | code
 
 
-# What each call gets, unconditionally, in three groups. Other processes, refused everywhere:
-_PROCESSES = {
-    **dict.fromkeys(("fork", "vfork", "execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev",
-                     "pidfd_getfd"), _refuse(errno.EPERM)),
-    "clone3": _refuse(errno.ENOSYS),  # glibc then starts threads with clone, whose flags a filter can read
+_ALLOWED = tuple(_CALLS)[:tuple(_CALLS).index("clone")]
+# Allowed only where one argument's bits are all clear (or, for clone, set): (argument, bits, clear?,
+# what it gets otherwise).
+_ALLOWED_WHEN = {
+    "clone": (0, _CLONE_THREAD, False, _refuse(errno.EPERM)),  # a thread; a new process is refused
+    "mmap": (3, _MAP_FIXED | _MAP_HUGETLB, True, _refuse(errno.EPERM)),
+    "mprotect": (2, _PROT_WRITE, False, _refuse(errno.EPERM)),  # JIT compilers (oneDNN's) keep write access
+    "open": (1, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
+    "openat": (2, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
 }
-# Memory outside the process: kernel buffers, shared memory, files.
-_OUTSIDE = {
-    **dict.fromkeys(("pipe", "pipe2", "vmsplice", "socket", "socketpair", "shmget", "shmat", "msgget", "msgsnd",
-                     "mq_open", "mq_timedsend", "add_key", "request_key", "keyctl", "memfd_create", "memfd_secret",
-                     "io_uring_setup", "io_setup", "bpf", "perf_event_open"), _refuse(errno.EPERM)),
-    "openat2": _refuse(errno.ENOSYS),  # its flags are behind a pointer; glibc's open uses openat
-    **dict.fromkeys(("creat", "mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat", "link", "linkat",
-                     "rename", "renameat", "renameat2", "truncate", "setxattr", "lsetxattr", "fsetxattr"),
-                    _refuse(errno.EROFS)),
-}
-# Memory given back. ``munmap`` is answered as if done (errno 0): glibc aborts when a thread stack's
-# unmapping fails, and nothing else needs the pages gone.
-_KEEPING_MEMORY = {
+_REFUSED = {
+    # ``munmap`` is answered as if done (errno 0): glibc aborts where a thread stack's unmapping fails.
     "munmap": _refuse(0),
     "mremap": _refuse(errno.ENOMEM),  # glibc's realloc falls back to copying
-    **dict.fromkeys(("madvise", "process_madvise", "remap_file_pages", "move_pages", "migrate_pages", "mbind",
-                     "userfaultfd"), _refuse(errno.EPERM)),
+    "clone3": _refuse(errno.ENOSYS),  # glibc then starts threads with clone, whose flags a filter can read
+    "openat2": _refuse(errno.ENOSYS),  # its flags are behind a pointer; glibc's open uses openat
+    **dict.fromkeys(("fork", "vfork", "execve", "execveat", "madvise", "pipe", "pipe2", "socket", "socketpair",
+                     "memfd_create"), _refuse(errno.EPERM)),
+    **dict.fromkeys(("creat", "mkdir", "mkdirat", "symlink", "symlinkat", "link", "linkat", "rename", "renameat",
+                     "renameat2"), _refuse(errno.EROFS)),
 }
-# Calls refused only for some values of one argument: (argument index, bits, refused when the bits are
-# set (True) or clear (False), what it gets).
-_PROCESSES_WHEN = {"clone": (0, _CLONE_THREAD, False, _refuse(errno.EPERM))}  # a new process; a thread is let through
-_OUTSIDE_WHEN = {"open": (1, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
-                 "openat": (2, _WRITE_FLAGS, True, _refuse(errno.EROFS))}
-# The count covers writable mappings only (the code of libraries is touched too, and is no memory a
-# call uses): memory made read-only again would leave it. JIT compilers (oneDNN's) keep write.
-_KEEPING_MEMORY_WHEN = {"mmap": (3, _MAP_FIXED, True, _refuse(errno.EPERM)),
-                        "mprotect": (2, _PROT_WRITE, False, _refuse(errno.EPERM)),
-                        "pkey_mprotect": (2, _PROT_WRITE, False, _refuse(errno.EPERM))}
+# On a GPU, other processes only are refused (with clone and clone3 as above), and anything else is allowed.
+_PROCESSES = ("fork", "vfork", "execve", "execveat")
 
 
 def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[int, int, int, int]]:
     """The filter, as classic BPF instructions (code, jump if true, jump if false, constant). With a
-    ``lowest_break``, memory is kept in the process too: a ``brk`` below it (which would give heap pages
-    back) is refused, and so are the calls of ``_OUTSIDE`` and ``_KEEPING_MEMORY``; None refuses other
-    processes only."""
+    ``lowest_break`` (no GPU), the whole filter, with ``brk`` allowed from that address up (below it,
+    heap pages would be given back); with None, other processes only are refused."""
     machine = (machine or platform.machine()).lower()
     if machine not in _ARCHITECTURES:
         raise OSError(f"the replay worker's system-call filter knows x86_64 and aarch64, not {machine}")
@@ -121,30 +131,41 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
             (_LOAD_WORD, 0, 0, _NUMBER)]
     if column == 0:  # x86_64's x32 calls (numbers from 0x40000000) are another way in to the same calls
         code += [(_JUMP_GREATER_EQUAL, 0, 1, 0x40000000), (_RETURN, 0, 0, _refuse(errno.ENOSYS))]
-    keeping = lowest_break is not None
-    for name, action in {**_PROCESSES, **(_OUTSIDE if keeping else {}), **(_KEEPING_MEMORY if keeping else {})}.items():
-        number = _CALLS[name][column]
-        if number is not None:
-            code += [(_JUMP_EQUAL, 0, 1, number), (_RETURN, 0, 0, action)]
-    conditional = {**_PROCESSES_WHEN, **(_OUTSIDE_WHEN if keeping else {}), **(_KEEPING_MEMORY_WHEN if keeping else {})}
-    for name, (argument, bits, when_set, action) in conditional.items():
-        number = _CALLS[name][column]
-        if number is None:
-            continue
+
+    def each(names: Any, action: int) -> None:
+        for name in names:
+            number = _CALLS[name][column]
+            if number is not None:
+                code.extend([(_JUMP_EQUAL, 0, 1, number), (_RETURN, 0, 0, action)])
+
+    def depending(name: str, argument: int, bits: int, clear: bool, otherwise: int) -> None:
         # Matched: load the argument's low 32 bits (the flags all live there) and decide; not matched:
         # skip those four instructions, to the next test of the number (still in the accumulator).
-        refuse_if_set, refuse_if_clear = (0, 1) if when_set else (1, 0)
-        code += [(_JUMP_EQUAL, 0, 4, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
-                 (_JUMP_SET, refuse_if_set, refuse_if_clear, bits), (_RETURN, 0, 0, action), (_RETURN, 0, 0, _ALLOW)]
-    if not keeping:
+        number = _CALLS[name][column]
+        if number is not None:
+            to_allow, to_refuse = 0, 1  # the two returns that follow the test of the bits
+            when_set, when_clear = (to_refuse, to_allow) if clear else (to_allow, to_refuse)
+            code.extend([(_JUMP_EQUAL, 0, 4, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
+                         (_JUMP_SET, when_set, when_clear, bits), (_RETURN, 0, 0, _ALLOW),
+                         (_RETURN, 0, 0, otherwise)])
+
+    if lowest_break is None:
+        depending("clone", *_ALLOWED_WHEN["clone"])
+        each(("clone3",), _REFUSED["clone3"])
+        each(_PROCESSES, _refuse(errno.EPERM))
         return [*code, (_RETURN, 0, 0, _ALLOW)]
+    for name, rule in _ALLOWED_WHEN.items():
+        depending(name, *rule)
+    for name, action in _REFUSED.items():
+        each((name,), action)
+    each(_ALLOWED, _ALLOW)
     # brk: its 64-bit argument compared with lowest_break in two 32-bit halves (high, then low).
     # Refused, it returns a huge "break": glibc never asks for less than it has (its heap only grows).
     high, low = lowest_break >> 32, lowest_break & 0xFFFFFFFF
     code += [(_JUMP_EQUAL, 0, 7, _CALLS["brk"][column]), (_LOAD_WORD, 0, 0, 16 + 4), (_JUMP_GREATER, 4, 0, high),
              (_JUMP_EQUAL, 0, 2, high), (_LOAD_WORD, 0, 0, 16), (_JUMP_GREATER_EQUAL, 1, 0, low),
              (_RETURN, 0, 0, _refuse(errno.EPERM)), (_RETURN, 0, 0, _ALLOW)]
-    return [*code, (_RETURN, 0, 0, _ALLOW)]
+    return [*code, (_RETURN, 0, 0, _refuse(errno.ENOSYS))]
 
 
 def install(cuda: bool = False) -> None:
@@ -172,10 +193,12 @@ def install(cuda: bool = False) -> None:
     class Program(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    libc.syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_void_p]
     whole = Program(len(instructions), ctypes.addressof(filters))
-    if prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0 or \
-            prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(whole), 0, 0) != 0:
+    # seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, ...): on every thread of the process,
+    # those started before (PyTorch's) too, not on the calling thread only as prctl would.
+    number = _CALLS["seccomp"][_ARCHITECTURES[platform.machine().lower()][0]]
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.syscall(number, 1, 1, ctypes.addressof(whole)) != 0:
         raise OSError(ctypes.get_errno(), f"cannot install the replay worker's system-call filter: "
                       f"{os.strerror(ctypes.get_errno())}")
