@@ -8,8 +8,9 @@ memory (``touched_memory``: the pages the process touches during a call) sound. 
 PyTorch, NumPy and Triton's interpreter ask for once started is allowed** (``_ALLOWED``: found by
 tracing the replay of every lesson's solution, and calls of the same kind); anything else fails with
 ENOSYS — other processes, pipes, sockets, shared memory, semaphores, message queues, keys, memfds,
-epoll, eventfds, timers, io_uring, BPF. Some calls get a clear refusal instead (``_REFUSED``), and some
-are allowed only with some arguments (``_ALLOWED_WHEN``):
+epoll, eventfds, timers, io_uring, BPF, more seccomp filters. Some calls get a clear refusal instead
+(``_REFUSED``), and some are allowed only with some arguments (``_ALLOWED_WHEN``, ``_ALLOWED_VALUES``:
+no file lock, lease or pipe size through ``fcntl``, nothing but a thread's name through ``prctl``):
 
 * **no memory leaves the process during its life**: ``munmap`` is answered "done" without unmapping,
   ``madvise`` is refused (its DONTNEED, FREE, COLD and PAGEOUT would drop pages or their marks), and so
@@ -56,7 +57,7 @@ _CALLS = {
     "readv": (19, 65), "writev": (20, 66), "newfstatat": (262, 79), "statx": (332, 291), "stat": (4, None),
     "lstat": (6, None), "access": (21, None), "faccessat": (269, 48), "faccessat2": (439, 439),
     "readlink": (89, None), "readlinkat": (267, 78), "getdents64": (217, 61), "getcwd": (79, 17),
-    "ioctl": (16, 29), "fcntl": (72, 25), "dup": (32, 23), "dup2": (33, None), "dup3": (292, 24),
+    "ioctl": (16, 29), "dup": (32, 23), "dup2": (33, None), "dup3": (292, 24),
     "futex": (202, 98), "sched_yield": (24, 124), "sched_getaffinity": (204, 123), "sched_setaffinity": (203, 122),
     "getpid": (39, 172), "gettid": (186, 178), "getppid": (110, 173), "getuid": (102, 174), "geteuid": (107, 175),
     "getgid": (104, 176), "getegid": (108, 177), "getresuid": (118, 148), "getresgid": (120, 150),
@@ -67,17 +68,16 @@ _CALLS = {
     "sigaltstack": (131, 132), "rt_sigsuspend": (130, 133), "rt_sigtimedwait": (128, 137),
     "rt_sigpending": (127, 136), "restart_syscall": (219, 128), "tgkill": (234, 131), "kill": (62, 129),
     "exit": (60, 93), "exit_group": (231, 94), "set_robust_list": (273, 99), "rseq": (334, 293),
-    "set_tid_address": (218, 96), "arch_prctl": (158, None), "prctl": (157, 167), "poll": (7, None),
+    "set_tid_address": (218, 96), "arch_prctl": (158, None), "poll": (7, None),
     "ppoll": (271, 73), "select": (23, None), "pselect6": (270, 72), "membarrier": (324, 283),
     "sched_getparam": (143, 121), "sched_getscheduler": (145, 120), "sched_get_priority_max": (146, 125),
     "sched_get_priority_min": (147, 126), "getpriority": (140, 141), "capget": (125, 90), "wait4": (61, 260),
-    "mincore": (27, 232), "msync": (26, 227), "fsync": (74, 82), "fdatasync": (75, 83), "flock": (73, 32),
+    "mincore": (27, 232), "msync": (26, 227), "fsync": (74, 82), "fdatasync": (75, 83),
     "fadvise64": (221, 223), "close_range": (436, 436), "statfs": (137, 43), "fstatfs": (138, 44),
     "umask": (95, 166), "chdir": (80, 49), "fchdir": (81, 50), "getpgid": (121, 155), "getsid": (124, 156),
     "getpgrp": (111, None), "alarm": (37, None), "setitimer": (38, 103), "getitimer": (36, 102),
-    "seccomp": (317, 277),
     # Allowed with some arguments only, or answered as if done.
-    "clone": (56, 220), "mmap": (9, 222), "mprotect": (10, 226), "open": (2, None), "openat": (257, 56),
+    "fcntl": (72, 25), "prctl": (157, 167), "clone": (56, 220), "mmap": (9, 222), "mprotect": (10, 226), "open": (2, None), "openat": (257, 56),
     "munmap": (11, 215), "brk": (12, 214),
     # Refused, with an error that says why (anything else not allowed gets ENOSYS).
     "fork": (57, None), "vfork": (58, None), "execve": (59, 221), "execveat": (322, 281), "clone3": (435, 435),
@@ -85,6 +85,7 @@ _CALLS = {
     "socketpair": (53, 199), "memfd_create": (319, 279), "creat": (85, None), "mkdir": (83, None),
     "mkdirat": (258, 34), "symlink": (88, None), "symlinkat": (266, 36), "link": (86, None), "linkat": (265, 37),
     "rename": (82, None), "renameat": (264, 38), "renameat2": (316, 276), "openat2": (437, 437),
+    "seccomp": (317, 277),
 }
 _ARCHITECTURES = {"x86_64": (0, 0xC000003E), "amd64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7),
                   "arm64": (1, 0xC00000B7)}
@@ -94,7 +95,13 @@ def _refuse(code: int) -> int:
     return _ERRNO | code
 
 
-_ALLOWED = tuple(_CALLS)[:tuple(_CALLS).index("clone")]
+_ALLOWED = tuple(_CALLS)[:tuple(_CALLS).index("fcntl")]
+# Allowed with one argument among a few values only: (argument, values). fcntl: duplicating a descriptor
+# and its flags (a lock, a lease or a pipe's size would keep data in the kernel: a red team kept the
+# whole score matrix in byte-range locks); prctl: a thread's name (a filter, or a mapping's name, would
+# keep data too).
+_ALLOWED_VALUES = {"fcntl": (1, (0, 1, 2, 3, 4, 1030)),  # F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC
+                   "prctl": (0, (15, 16))}  # PR_SET_NAME, PR_GET_NAME
 # Allowed only where one argument's bits are all clear (or, for clone, set): (argument, bits, clear?,
 # what it gets otherwise).
 _ALLOWED_WHEN = {
@@ -111,7 +118,7 @@ _REFUSED = {
     "clone3": _refuse(errno.ENOSYS),  # glibc then starts threads with clone, whose flags a filter can read
     "openat2": _refuse(errno.ENOSYS),  # its flags are behind a pointer; glibc's open uses openat
     **dict.fromkeys(("fork", "vfork", "execve", "execveat", "madvise", "pipe", "pipe2", "socket", "socketpair",
-                     "memfd_create"), _refuse(errno.EPERM)),
+                     "memfd_create", "seccomp"), _refuse(errno.EPERM)),  # seccomp: more filters keep data too
     **dict.fromkeys(("creat", "mkdir", "mkdirat", "symlink", "symlinkat", "link", "linkat", "rename", "renameat",
                      "renameat2"), _refuse(errno.EROFS)),
 }
@@ -156,6 +163,11 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
         return [*code, (_RETURN, 0, 0, _ALLOW)]
     for name, rule in _ALLOWED_WHEN.items():
         depending(name, *rule)
+    for name, (argument, values) in _ALLOWED_VALUES.items():
+        number = _CALLS[name][column]  # tested, the argument's values each jump to the allow at the end
+        code.extend([(_JUMP_EQUAL, 0, len(values) + 3, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
+                     *((_JUMP_EQUAL, len(values) - at, 0, value) for at, value in enumerate(values)),
+                     (_RETURN, 0, 0, _refuse(errno.EPERM)), (_RETURN, 0, 0, _ALLOW)])
     for name, action in _REFUSED.items():
         each((name,), action)
     each(_ALLOWED, _ALLOW)

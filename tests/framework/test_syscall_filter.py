@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.machine
 
 # The child: installs the filter, then reports what each attempt returned (an errno name, or "done").
 CHILD = textwrap.dedent("""
-    import ctypes, errno, json, os, select, socket, sys, threading
+    import ctypes, errno, fcntl, json, os, select, socket, struct, sys, threading
     sys.path.insert(0, {folder!r})
     import syscall_filter
     syscall_filter.install()
@@ -71,6 +71,12 @@ CHILD = textwrap.dedent("""
         "an eventfd": attempt(lambda: os.eventfd(0)),
         "a new namespace": outcome(libc.unshare(0x10000000)),  # CLONE_NEWUSER
         "huge pages": outcome(libc.mmap(None, 2 << 20, 3, 0x22 | 0x40000, -1, 0), failed=ctypes.c_void_p(-1).value),
+        # a red team kept the whole score matrix in byte-range locks on files opened for reading
+        "a lock": attempt(lambda: fcntl.fcntl(os.open(os.__file__, os.O_RDONLY), 37, struct.pack("hhqqi", 0, 0, 0, 8, 0))),
+        "a flags query": attempt(lambda: fcntl.fcntl(0, fcntl.F_GETFL)),
+        "another filter": outcome(libc.prctl(22, 2, 0, 0, 0)),  # PR_SET_SECCOMP
+        "a thread's name": outcome(libc.prctl(15, b"worker", 0, 0, 0)),
+        "flock": attempt(lambda: fcntl.flock(os.open(os.__file__, os.O_RDONLY), fcntl.LOCK_SH)),
     }}
     ran = []
     thread = threading.Thread(target=lambda: ran.append(sum(range(10))))
@@ -105,7 +111,8 @@ def test_memory_stays_counted_and_nothing_leaves_the_process(tmp_path):
             "fork": "EPERM", "a program": "EPERM", "a pipe": "EPERM", "a socket pair": "EPERM", "a memfd": "EPERM",
             "a file written": "EROFS", "a folder made": "EROFS", "a C extension loaded now": "ImportError",
             "semaphores": "ENOSYS", "epoll": "ENOSYS", "an eventfd": "ENOSYS", "a new namespace": "ENOSYS",
-            "huge pages": "EPERM", "a thread": "done", "a file read": "done",
+            "huge pages": "EPERM", "a lock": "EPERM", "a flags query": "done", "another filter": "EPERM",
+            "a thread's name": "done", "flock": "ENOSYS", "a thread": "done", "a file read": "done",
         }
         assert not (tmp_path / "scratch").exists()
     finally:
