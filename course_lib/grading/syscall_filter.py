@@ -10,7 +10,8 @@ tracing the replay of every lesson's solution, and calls of the same kind); anyt
 ENOSYS — other processes, pipes, sockets, shared memory, semaphores, message queues, keys, memfds,
 epoll, eventfds, timers, io_uring, BPF, more seccomp filters. Some calls get a clear refusal instead
 (``_REFUSED``), and some are allowed only with some arguments (``_ALLOWED_WHEN``, ``_ALLOWED_VALUES``:
-no file lock, lease or pipe size through ``fcntl``, nothing but a thread's name through ``prctl``):
+no file lock, lease or pipe size through ``fcntl``, nothing but a thread's name through ``prctl``, no
+terminal's other end through ``ioctl``):
 
 * **no memory leaves the process during its life**: ``munmap`` is answered "done" without unmapping,
   ``madvise`` is refused (its DONTNEED, FREE, COLD and PAGEOUT would drop pages or their marks), and so
@@ -57,7 +58,7 @@ _CALLS = {
     "readv": (19, 65), "writev": (20, 66), "newfstatat": (262, 79), "statx": (332, 291), "stat": (4, None),
     "lstat": (6, None), "access": (21, None), "faccessat": (269, 48), "faccessat2": (439, 439),
     "readlink": (89, None), "readlinkat": (267, 78), "getdents64": (217, 61), "getcwd": (79, 17),
-    "ioctl": (16, 29), "dup": (32, 23), "dup2": (33, None), "dup3": (292, 24),
+    "dup": (32, 23), "dup2": (33, None), "dup3": (292, 24),
     "futex": (202, 98), "sched_yield": (24, 124), "sched_getaffinity": (204, 123), "sched_setaffinity": (203, 122),
     "getpid": (39, 172), "gettid": (186, 178), "getppid": (110, 173), "getuid": (102, 174), "geteuid": (107, 175),
     "getgid": (104, 176), "getegid": (108, 177), "getresuid": (118, 148), "getresgid": (120, 150),
@@ -68,7 +69,7 @@ _CALLS = {
     "sigaltstack": (131, 132), "rt_sigsuspend": (130, 133), "rt_sigtimedwait": (128, 137),
     "rt_sigpending": (127, 136), "restart_syscall": (219, 128), "tgkill": (234, 131), "kill": (62, 129),
     "exit": (60, 93), "exit_group": (231, 94), "set_robust_list": (273, 99), "rseq": (334, 293),
-    "set_tid_address": (218, 96), "arch_prctl": (158, None), "poll": (7, None),
+    "set_tid_address": (218, 96), "poll": (7, None),
     "ppoll": (271, 73), "select": (23, None), "pselect6": (270, 72), "membarrier": (324, 283),
     "sched_getparam": (143, 121), "sched_getscheduler": (145, 120), "sched_get_priority_max": (146, 125),
     "sched_get_priority_min": (147, 126), "getpriority": (140, 141), "capget": (125, 90), "wait4": (61, 260),
@@ -77,7 +78,7 @@ _CALLS = {
     "umask": (95, 166), "chdir": (80, 49), "fchdir": (81, 50), "getpgid": (121, 155), "getsid": (124, 156),
     "getpgrp": (111, None), "alarm": (37, None), "setitimer": (38, 103), "getitimer": (36, 102),
     # Allowed with some arguments only, or answered as if done.
-    "fcntl": (72, 25), "prctl": (157, 167), "clone": (56, 220), "mmap": (9, 222), "mprotect": (10, 226), "open": (2, None), "openat": (257, 56),
+    "fcntl": (72, 25), "prctl": (157, 167), "ioctl": (16, 29), "arch_prctl": (158, None), "clone": (56, 220), "mmap": (9, 222), "mprotect": (10, 226), "open": (2, None), "openat": (257, 56),
     "munmap": (11, 215), "brk": (12, 214),
     # Refused, with an error that says why (anything else not allowed gets ENOSYS).
     "fork": (57, None), "vfork": (58, None), "execve": (59, 221), "execveat": (322, 281), "clone3": (435, 435),
@@ -100,8 +101,15 @@ _ALLOWED = tuple(_CALLS)[:tuple(_CALLS).index("fcntl")]
 # and its flags (a lock, a lease or a pipe's size would keep data in the kernel: a red team kept the
 # whole score matrix in byte-range locks); prctl: a thread's name (a filter, or a mapping's name, would
 # keep data too).
-_ALLOWED_VALUES = {"fcntl": (1, (0, 1, 2, 3, 4, 1030)),  # F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC
-                   "prctl": (0, (15, 16))}  # PR_SET_NAME, PR_GET_NAME
+# ioctl: what asks whether a descriptor is a terminal, or sets its flags (a red team opened a terminal's
+# writable end through TIOCGPTPEER and kept the matrix in its buffers); arch_prctl: all but asking for
+# the AMX registers (8 KiB more of kernel-held state per thread).
+_ALLOWED_VALUES = {
+    "fcntl": (1, (0, 1, 2, 3, 4, 1030)),  # F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC
+    "prctl": (0, (15, 16)),  # PR_SET_NAME, PR_GET_NAME
+    "ioctl": (1, (0x5401, 0x5413, 0x541B, 0x5421, 0x5450, 0x5451)),  # TCGETS, TIOCGWINSZ, FIONREAD, FIONBIO, FIONCLEX, FIOCLEX
+    "arch_prctl": (0, (0x1001, 0x1002, 0x1003, 0x1004, 0x1011, 0x1021, 0x1022)),  # GS, FS, CPUID, XCOMP_SUPP/_PERM
+}
 # Allowed only where one argument's bits are all clear (or, for clone, set): (argument, bits, clear?,
 # what it gets otherwise).
 _ALLOWED_WHEN = {
@@ -165,6 +173,8 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
         depending(name, *rule)
     for name, (argument, values) in _ALLOWED_VALUES.items():
         number = _CALLS[name][column]  # tested, the argument's values each jump to the allow at the end
+        if number is None:
+            continue
         code.extend([(_JUMP_EQUAL, 0, len(values) + 3, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
                      *((_JUMP_EQUAL, len(values) - at, 0, value) for at, value in enumerate(values)),
                      (_RETURN, 0, 0, _refuse(errno.EPERM)), (_RETURN, 0, 0, _ALLOW)])

@@ -77,6 +77,10 @@ CHILD = textwrap.dedent("""
         "another filter": outcome(libc.prctl(22, 2, 0, 0, 0)),  # PR_SET_SECCOMP
         "a thread's name": outcome(libc.prctl(15, b"worker", 0, 0, 0)),
         "flock": attempt(lambda: fcntl.flock(os.open(os.__file__, os.O_RDONLY), fcntl.LOCK_SH)),
+        # a red team wrote the matrix into terminals' buffers, through the writable end TIOCGPTPEER hands out
+        "a terminal's other end": attempt(lambda: fcntl.ioctl(os.open("/dev/ptmx", os.O_RDONLY | os.O_NOCTTY), 0x5441,
+                                                              os.O_RDWR | os.O_NOCTTY)),
+        "is it a terminal": attempt(lambda: os.isatty(0)),
     }}
     ran = []
     thread = threading.Thread(target=lambda: ran.append(sum(range(10))))
@@ -112,7 +116,7 @@ def test_memory_stays_counted_and_nothing_leaves_the_process(tmp_path):
             "a file written": "EROFS", "a folder made": "EROFS", "a C extension loaded now": "ImportError",
             "semaphores": "ENOSYS", "epoll": "ENOSYS", "an eventfd": "ENOSYS", "a new namespace": "ENOSYS",
             "huge pages": "EPERM", "a lock": "EPERM", "a flags query": "done", "another filter": "EPERM",
-            "a thread's name": "done", "flock": "ENOSYS", "a thread": "done", "a file read": "done",
+            "a thread's name": "done", "flock": "ENOSYS", "a terminal's other end": "EPERM", "is it a terminal": "done", "a thread": "done", "a file read": "done",
         }
         assert not (tmp_path / "scratch").exists()
     finally:
