@@ -6,7 +6,7 @@ raw memory could undo them. This one lives in the kernel: once installed (on eve
 process) it cannot be removed or loosened, whatever the process does. It keeps the grader's count of
 memory (``touched_memory``: the pages the process touches during a call) sound. **Only what Python,
 PyTorch, NumPy and Triton's interpreter ask for once started is allowed** (``_ALLOWED``: found by
-tracing the replay of every lesson's solution, and calls of the same kind); anything else fails with
+tracing the replays of the solutions of lessons 01, 02 and 05 to 08, and calls of the same kind); anything else fails with
 ENOSYS — other processes, pipes, sockets, shared memory, semaphores, message queues, keys, memfds,
 epoll, eventfds, timers, io_uring, BPF, more seccomp filters. Some calls get a clear refusal instead
 (``_REFUSED``), and some are allowed only with some arguments (``_ALLOWED_WHEN``, ``_ALLOWED_VALUES``:
