@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import functools
 import hashlib
 import hmac
 import json
@@ -263,16 +264,8 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
                 shortcuts = torch_shortcuts(exercise)
                 key = json.dumps(shortcuts, sort_keys=True)
                 workers[key], skip = _worker_at(workers.get(key), cells, index, skip, {**options, "refused": shortcuts})
-
-                def measuring(key: str = key + " without a GPU", shortcuts: dict = shortcuts, index: int = index) -> ReplayWorker:
-                    """Where memory is measured: on a GPU machine, a worker of its own without CUDA (the memory
-                    of a GPU is not the process's, which the grader counts); elsewhere the same worker."""
-                    if runtime.device().type != "cuda":
-                        return workers[key.removesuffix(" without a GPU")]
-                    workers[key], _ = _worker_at(workers.get(key), cells, index, skip,
-                                                 {**options, "refused": shortcuts, "gpu": False})
-                    return workers[key]
-
+                measuring = functools.partial(_measuring_worker, workers, key, cells, index, skip,
+                                              {**options, "refused": shortcuts})
                 failure, decided = _verify_call(workers[key], exercise, call, secret, measuring)
                 verdict.decided_by.append(f"{call.exercise}: {decided}")
                 if failure and verdict.failure is None:
@@ -329,6 +322,17 @@ def _worker_at(worker: ReplayWorker | None, cells: list[tuple[int, str, str]], i
                 skip = skip | {worker.fatal}
         worker = ReplayWorker(**options)
     raise RuntimeError("the replay worker does not start: see `python -m course_lib.grading.sandbox`")
+
+
+def _measuring_worker(workers: dict[str, ReplayWorker], key: str, cells: list[tuple[int, str, str]], index: int,
+                      skip: set[str], options: dict) -> ReplayWorker:
+    """Where memory is measured: on a GPU machine, a worker of its own without CUDA (a GPU's memory is
+    not the process's, which the grader counts), started when first needed; elsewhere ``workers[key]``."""
+    if runtime.device().type != "cuda":
+        return workers[key]
+    without = key + " without a GPU"
+    workers[without], _ = _worker_at(workers.get(without), cells, index, skip, {**options, "gpu": False})
+    return workers[without]
 
 
 def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secret: str,

@@ -307,8 +307,7 @@ def _load_beside(name: str) -> Any:
 # Loaded before the floor is laid, so that a graded function's first call does not wait for them.
 # torch._dynamo brings in most of torch (about 2,000 modules), which the floor then goes through.
 # The C extensions (the protocol's safetensors, and those of the modules graded code may import, ``policy``)
-# come first: once the system-call
-# filter is on, no shared library can be loaded.
+# come first: once the system-call filter is on, no shared library can be loaded.
 PRELOADED = ("safetensors.torch", "math", "cmath", "random", "time", "array", "numpy", "numpy.random", "numpy.linalg", "numpy.fft",
              "torch._dynamo", "torch.nn.functional", "torch.testing", "einops", "triton", "triton.language")
 

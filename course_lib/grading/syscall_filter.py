@@ -41,7 +41,6 @@ import errno
 import os
 import platform
 import struct
-from typing import Any
 
 # seccomp and classic BPF, from <linux/seccomp.h>, <linux/filter.h> and <linux/audit.h>.
 _PR_SET_NO_NEW_PRIVS = 38
@@ -147,7 +146,7 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
     if column == 0:  # x86_64's x32 calls (numbers from 0x40000000) are another way in to the same calls
         code += [(_JUMP_GREATER_EQUAL, 0, 1, 0x40000000), (_RETURN, 0, 0, _refuse(errno.ENOSYS))]
 
-    def each(names: Any, action: int) -> None:
+    def each(names: tuple[str, ...], action: int) -> None:
         for name in names:
             number = _CALLS[name][column]
             if number is not None:
