@@ -112,18 +112,22 @@ class Forbidden:
 
     ``functions``: PyTorch callables (caught by a TorchFunctionMode); ``operators``: ATen operator
     names such as ``"_softmax"`` (caught by a TorchDispatchMode); ``references``: course_lib
-    functions decorated with ``@reference``. Sets compose with ``|``, so several lessons share one.
+    functions decorated with ``@reference``; ``native``: words (case ignored) in the names of PyTorch's
+    compiled functions that compute them, which the grader's replay worker overwrites with traps
+    (``course_lib.grading.native_code``). Sets compose with ``|``, so several lessons share one.
     """
 
     functions: Mapping[Callable[..., Any], str] = field(default_factory=lambda: MappingProxyType({}))
     operators: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     references: tuple[Callable[..., Any], ...] = ()
+    native: tuple[str, ...] = ()
 
     def __or__(self, other: "Forbidden") -> "Forbidden":
         return Forbidden(
             functions=MappingProxyType({**self.functions, **other.functions}),
             operators=MappingProxyType({**self.operators, **other.operators}),
             references=tuple(dict.fromkeys(self.references + other.references)),
+            native=tuple(dict.fromkeys(self.native + other.native)),
         )
 
     def refused(self) -> contextlib.AbstractContextManager[None]:

@@ -23,6 +23,7 @@ PYTORCH_MHA = Forbidden(
     functions={F.multi_head_attention_forward: _MHA, torch._native_multi_head_attention: _MHA,
                quantizable.MultiheadAttention.forward: _MHA, quantizable.MultiheadAttention._forward_impl: _MHA},
     operators={"_native_multi_head_attention": _MHA},
+    native=("multi_head_attention", "multiheadattention"),
 )
 
 # PyTorch's SDPA, as a function and as every ATen operator that computes attention (called through
@@ -53,6 +54,8 @@ PYTORCH_SDPA = Forbidden(
             "_safe_softmax",
         )
     },
+    # Every compiled function named so: SDPA's CPU kernels, the math path, the encoder layer, oneDNN's.
+    native=("attention", "safe_softmax", "transformer_encoder"),
 ) | PYTORCH_MHA
 
 # Every route to a softmax that PyTorch offers: the functions, the methods, and their ATen operators
@@ -77,6 +80,7 @@ SOFTMAX_ROUTES = Forbidden(
         **dict.fromkeys(("log_softmax", "_log_softmax", "special_log_softmax", "_sparse_log_softmax"),
                         "exp(log_softmax) is softmax"),
     },
+    native=("softmax",),  # the vectorised kernels, their log and masked forms, oneDNN's primitive
 )
 
 # PyTorch's FlexAttention: a block mask of a sliding window makes it the whole answer of lesson 07.
@@ -120,4 +124,5 @@ PYTORCH_RNN = Forbidden(
         "gru": _GRU,
         "lstm": _LSTM,
     },
+    native=("lstm", "gru", "rnn"),  # ATen's cells and layers, the fused cells, oneDNN's RNN primitives
 )

@@ -31,7 +31,7 @@ _LOGSUMEXP = Forbidden(functions={
     torch.logsumexp: "it computes m + log l in one call",
     torch.Tensor.logsumexp: "it computes m + log l in one call",
     torch.special.logsumexp: "it computes m + log l in one call",
-})
+}, native=("logsumexp",))
 
 
 def _size(gen: torch.Generator, low: int, high: int) -> int:

@@ -42,7 +42,7 @@ import torch
 from torch.overrides import resolve_name
 
 from course_lib import runtime
-from course_lib.grading import framework, policy, replay_worker, touched_memory
+from course_lib.grading import floor, framework, native_code, policy, replay_worker, touched_memory
 from course_lib.grading.framework import Case, Exercise, Failure
 from course_lib.grading.sandbox import Limits, Sandbox, environment_paths
 
@@ -119,7 +119,12 @@ PROTOCOL_SLACK = 1 << 20
 
 
 class WorkerEnded(RuntimeError):
-    """The replay worker ended or stopped answering."""
+    """The replay worker ended or stopped answering; ``shortcut``: it ran one of the kernels the
+    exercise refuses, which its floor had overwritten with traps (``native_code``)."""
+
+    def __init__(self, message: str, shortcut: bool = False):
+        super().__init__(message)
+        self.shortcut = shortcut
 
 
 class ReplayWorker:
@@ -139,6 +144,7 @@ class ReplayWorker:
                                limits=limits, environment=environment, gpu=gpu)
         # The floor (``floor.lay``) is laid from the first argument before any of the notebook's code runs.
         command = self.sandbox.command([sys.executable, "-I", str(self.folder / "replay_worker.py"), json.dumps(refused)])
+        self.native = refused.get("native", [])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, cwd=self.folder, env=environment)
         self._touched: touched_memory.TouchedMemory | None = None
@@ -193,6 +199,10 @@ class ReplayWorker:
         except (EOFError, OSError) as error:  # the worker ended (its /proc files are gone, too)
             self.close()
             code = self.process.wait()
+            if code in native_code.TRAP_EXIT:
+                raise WorkerEnded(f"ran PyTorch's own compiled kernel for what this exercise refuses (the "
+                                  f"grader had taken out the kernels named {', '.join(self.native)}; "
+                                  f"{floor.MARK}): the grading process stopped there", shortcut=True) from None
             why = "it ran out of memory or was killed" if code in (-9, 137) else f"exit status {code}"
             raise WorkerEnded(f"the grading process ended ({why}): {error}") from None
 
@@ -277,10 +287,12 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
 
 
 def torch_shortcuts(exercise: Exercise) -> dict[str, dict[str, str]]:
-    """What the exercise refuses of PyTorch, by name, as the worker's floor takes it: ATen operators
-    and PyTorch's functions (course_lib's references need nothing: course_lib is not importable there)."""
+    """What the exercise refuses of PyTorch, by name, as the worker's floor takes it: ATen operators,
+    PyTorch's functions and the words that name its compiled kernels (course_lib's references need
+    nothing: course_lib is not importable there)."""
     return {"operators": dict(exercise.forbidden.operators),
-            "functions": {_torch_name(f): why for f, why in exercise.forbidden.functions.items()}}
+            "functions": {_torch_name(f): why for f, why in exercise.forbidden.functions.items()},
+            "native": sorted(exercise.forbidden.native)}
 
 
 def _torch_name(function: Any) -> str:
@@ -388,7 +400,8 @@ def _replay_case(worker: ReplayWorker, exercise: Exercise, function: str, case: 
     try:
         reply, out = worker.request(header, tensors, timeout)
     except WorkerEnded as ended:
-        return fail("timeout" if "within" in str(ended) else "exception", f"your function {ended}")
+        kind = "shortcut" if ended.shortcut else "timeout" if "within" in str(ended) else "exception"
+        return fail(kind, f"your function {ended}")
     if "error" in reply:
         return fail(reply["error"] if reply["error"] == "shortcut" else "exception", reply.get("problem", ""))
     out = {k: t.to(device) for k, t in out.items()}

@@ -6,7 +6,8 @@ a script (``python -I replay_worker.py``), with course_lib *not* importable — 
 so a graded function cannot hand the course's own reference answer back. It imports nothing of
 course_lib but the files of ``BESIDE``, copied beside it: ``floor.py`` to take PyTorch's shortcuts
 out of the process before any of the notebook's code runs (the refusals come as the first argument:
-one worker per set of them), ``syscall_filter.py`` and ``confinement.py`` to keep the notebook's code
+one worker per set of them), ``native_code.py`` to overwrite their compiled kernels with traps,
+``syscall_filter.py`` and ``confinement.py`` to keep the notebook's code
 from the operating system and from the worker's own guards, ``toy_decoder.py`` to rebuild the
 decoder step that lesson 01's cases pass, and ``flash_triton.py`` to run lesson 08's Triton step
 inside its kernel.
@@ -274,6 +275,7 @@ def _innermost_line(trace: Any) -> int:
 # The files of course_lib copied beside this script (they import nothing of course_lib): name -> module.
 BESIDE = {
     "floor": "course_lib.grading.floor",
+    "native_code": "course_lib.grading.native_code",
     "syscall_filter": "course_lib.grading.syscall_filter",
     "confinement": "course_lib.grading.confinement",
     "toy_decoder": "course_lib.grading.toy_decoder",
@@ -332,6 +334,9 @@ def main() -> None:
         torch.cuda.init()  # CUDA's first use loads libraries through ctypes, refused once confined
     global _FLOOR
     _FLOOR = _BESIDE["floor"].Floor(refused["operators"], refused["functions"])
+    # The refused kernels' machine code, overwritten with traps, which the filter then keeps (no page may
+    # become executable again): what the floor's registrations, in this process's memory, hold up front.
+    _BESIDE["native_code"].trap(refused.get("native", []))
     _BESIDE["syscall_filter"].install(cuda=cuda)  # on a GPU, other processes only (see the filter)
     _BESIDE["confinement"].confine(_FLOOR, _BESIDE["floor"].POISONED)
     # What the worker has made so far is never collected: a collection during a measured call then goes
@@ -340,6 +345,8 @@ def main() -> None:
     # The notebook's code runs as __main__, in a module of its own.
     notebook = sys.modules["__main__"] = types.ModuleType("__main__")
     serve(requests, replies, vars(notebook))
+    # Ended without the interpreter's and the libraries' clean-up, some of which is trapped code.
+    os._exit(0)
 
 
 if __name__ == "__main__":

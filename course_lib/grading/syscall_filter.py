@@ -47,7 +47,7 @@ _PR_SET_NO_NEW_PRIVS = 38
 _LOAD_WORD, _JUMP_EQUAL, _JUMP_SET, _JUMP_GREATER, _JUMP_GREATER_EQUAL, _RETURN = 0x20, 0x15, 0x45, 0x25, 0x35, 0x06
 _ALLOW, _KILL_PROCESS, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
 _NUMBER, _ARCHITECTURE = 0, 4  # offsets in struct seccomp_data; the arguments follow at 16 + 8·i
-_CLONE_THREAD, _MAP_FIXED, _MAP_HUGETLB, _PROT_WRITE = 0x00010000, 0x10, 0x40000, 0x2
+_CLONE_THREAD, _MAP_FIXED, _MAP_HUGETLB, _PROT_WRITE, _PROT_EXEC = 0x00010000, 0x10, 0x40000, 0x2, 0x4
 _WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
 
 # System call numbers: (x86_64, aarch64); None where the architecture has no such call.
@@ -109,14 +109,16 @@ _ALLOWED_VALUES = {
     "ioctl": (1, (0x5401, 0x5413, 0x541B, 0x5421, 0x5450, 0x5451)),  # TCGETS, TIOCGWINSZ, FIONREAD, FIONBIO, FIONCLEX, FIOCLEX
     "arch_prctl": (0, (0x1001, 0x1002, 0x1003, 0x1004, 0x1011, 0x1021, 0x1022)),  # GS, FS, CPUID, XCOMP_SUPP/_PERM
 }
-# Allowed only where one argument's bits are all clear (or, for clone, set): (argument, bits, clear?,
-# what it gets otherwise).
+# Allowed only where each test of an argument's bits passes: (argument, bits, all clear? — else all set),
+# and what the call gets otherwise. No page is made executable once the filter is on: the kernels that
+# ``native_code`` overwrote with traps cannot be written back and run (a page may be writable or
+# executable, and one made writable stays so), and no code can be mapped anew.
 _ALLOWED_WHEN = {
-    "clone": (0, _CLONE_THREAD, False, _refuse(errno.EPERM)),  # a thread; a new process is refused
-    "mmap": (3, _MAP_FIXED | _MAP_HUGETLB, True, _refuse(errno.EPERM)),
-    "mprotect": (2, _PROT_WRITE, False, _refuse(errno.EPERM)),  # JIT compilers (oneDNN's) keep write access
-    "open": (1, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
-    "openat": (2, _WRITE_FLAGS, True, _refuse(errno.EROFS)),
+    "clone": ([(0, _CLONE_THREAD, False)], _refuse(errno.EPERM)),  # a thread; a new process is refused
+    "mmap": ([(3, _MAP_FIXED | _MAP_HUGETLB, True), (2, _PROT_EXEC, True)], _refuse(errno.EPERM)),
+    "mprotect": ([(2, _PROT_WRITE, False), (2, _PROT_EXEC, True)], _refuse(errno.EPERM)),
+    "open": ([(1, _WRITE_FLAGS, True)], _refuse(errno.EROFS)),
+    "openat": ([(2, _WRITE_FLAGS, True)], _refuse(errno.EROFS)),
 }
 _REFUSED = {
     # ``munmap`` is answered as if done (errno 0): glibc aborts where a thread stack's unmapping fails.
@@ -152,16 +154,19 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
             if number is not None:
                 code.extend([(_JUMP_EQUAL, 0, 1, number), (_RETURN, 0, 0, action)])
 
-    def depending(name: str, argument: int, bits: int, clear: bool, otherwise: int) -> None:
-        # Matched: load the argument's low 32 bits (the flags all live there) and decide; not matched:
-        # skip those four instructions, to the next test of the number (still in the accumulator).
+    def depending(name: str, tests: list[tuple[int, int, bool]], otherwise: int) -> None:
+        # Matched: for each test, load the argument's low 32 bits (flags all live there) and go on to the
+        # next test or jump to the refusal; past the last test, allow. Not matched: skip all of it, to the
+        # next test of the number (still in the accumulator).
         number = _CALLS[name][column]
-        if number is not None:
-            to_allow, to_refuse = 0, 1  # the two returns that follow the test of the bits
-            when_set, when_clear = (to_refuse, to_allow) if clear else (to_allow, to_refuse)
-            code.extend([(_JUMP_EQUAL, 0, 4, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
-                         (_JUMP_SET, when_set, when_clear, bits), (_RETURN, 0, 0, _ALLOW),
-                         (_RETURN, 0, 0, otherwise)])
+        if number is None:
+            return
+        code.append((_JUMP_EQUAL, 0, 2 * len(tests) + 2, number))
+        for at, (argument, bits, clear) in enumerate(tests):
+            to_refuse = 2 * len(tests) + 1 - (2 * at + 2)  # from the instruction after this test's jump
+            code.extend([(_LOAD_WORD, 0, 0, 16 + 8 * argument),
+                         (_JUMP_SET, to_refuse, 0, bits) if clear else (_JUMP_SET, 0, to_refuse, bits)])
+        code.extend([(_RETURN, 0, 0, _ALLOW), (_RETURN, 0, 0, otherwise)])
 
     if lowest_break is None:
         depending("clone", *_ALLOWED_WHEN["clone"])

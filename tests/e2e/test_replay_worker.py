@@ -127,6 +127,23 @@ def test_a_torch_module_loaded_again_gets_no_fresh_copy(worker):
     assert _answer(worker, "def answer(x):\n    return torch._refs.softmax(x, -1)", "refs")["error"] == "shortcut"
 
 
+def test_a_kernel_reached_past_the_floor_is_a_trap_that_ends_the_worker_as_a_shortcut(tmp_path):
+    """Raw memory could undo the floor's registrations (a red team reset them): a worker without them is
+    what that would leave, and PyTorch's compiled softmax is still not there (native_code)."""
+    bare = {"operators": {}, "functions": {}, "native": outside.torch_shortcuts(SOFTMAX)["native"]}
+    started = outside.ReplayWorker(refused=bare, hidden=[tmp_path], limits=sandbox.Limits(), cell_timeout=60)
+    try:
+        assert _answer(started, OWN_SOFTMAX, "own softmax")["result"].shape == (3, 5)
+        ran, _ = started.request({"op": "run", "source": "import torch\ndef answer(x):\n    return torch.softmax(x, -1)",
+                                  "label": "softmax"}, {}, 60)
+        assert ran == {"ok": True}, ran
+        with pytest.raises(outside.WorkerEnded, match="compiled kernel for what this exercise refuses") as ended:
+            _call(started, "answer", (torch.randn(3, 5),))
+        assert ended.value.shortcut and "softmax" in str(ended.value)
+    finally:
+        started.close()
+
+
 def test_a_library_module_imported_later_is_covered_before_the_next_call(worker):
     # A module the worker had not loaded (PyTorch's ONNX exporter; SciPy's `scipy.special.softmax` would be
     # another, where installed): its function named after a refused operator is refused from then on.

@@ -81,6 +81,12 @@ CHILD = textwrap.dedent("""
         "a terminal's other end": attempt(lambda: fcntl.ioctl(os.open("/dev/ptmx", os.O_RDONLY | os.O_NOCTTY), 0x5441,
                                                               os.O_RDWR | os.O_NOCTTY)),
         "is it a terminal": attempt(lambda: os.isatty(0)),
+        # no page may become executable: the kernels that native_code overwrote stay traps
+        "code mapped": outcome(libc.mmap(None, 4096, 7, 0x22, -1, 0), failed=ctypes.c_void_p(-1).value),
+        "a library's code mapped": outcome(libc.mmap(None, 4096, 5, 0x02, os.open({library!r}, os.O_RDONLY), 0),
+                                           failed=ctypes.c_void_p(-1).value),
+        "a page made executable": outcome(libc.mprotect(block, 4096, 7)),
+        "a page made writable": outcome(libc.mprotect(block, 4096, 3)),
     }}
     ran = []
     thread = threading.Thread(target=lambda: ran.append(sum(range(10))))
@@ -96,7 +102,7 @@ def test_memory_stays_counted_and_nothing_leaves_the_process(tmp_path):
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     brk, semget = (12, 64) if x86 else (214, 190)
     source = CHILD.format(folder=str(syscall_filter.__file__).rsplit("/", 1)[0], scratch=str(tmp_path / "scratch"),
-                          brk=brk, semget=semget)
+                          brk=brk, semget=semget, library=sys.executable)
     child = subprocess.Popen([sys.executable, "-c", source], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "touched"
@@ -117,6 +123,8 @@ def test_memory_stays_counted_and_nothing_leaves_the_process(tmp_path):
             "semaphores": "ENOSYS", "epoll": "ENOSYS", "an eventfd": "ENOSYS", "a new namespace": "ENOSYS",
             "huge pages": "EPERM", "a lock": "EPERM", "a flags query": "done", "another filter": "EPERM",
             "a thread's name": "done", "flock": "ENOSYS", "a terminal's other end": "EPERM", "is it a terminal": "done", "a thread": "done", "a file read": "done",
+            "code mapped": "EPERM", "a library's code mapped": "EPERM", "a page made executable": "EPERM",
+            "a page made writable": "done",
         }
         assert not (tmp_path / "scratch").exists()
     finally:
