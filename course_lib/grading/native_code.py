@@ -127,8 +127,8 @@ def loaded_libraries() -> dict[str, str]:
 
 def trap(words: list[str]) -> dict[str, int]:
     """Overwrite with traps every function of the loaded ``LIBRARIES`` whose name contains one of
-    ``words``; the bytes overwritten, by library. Raises OSError where PyTorch's CPU library is not
-    found, or a word names none of its functions (a PyTorch build would then keep a refused kernel)."""
+    ``words``; the bytes overwritten, by library. Raises OSError, before writing anything, where
+    PyTorch's CPU library is not found or the words name none of its functions."""
     if not words:
         return {}
     instruction = _TRAPS.get(platform.machine().lower())
@@ -142,9 +142,10 @@ def trap(words: list[str]) -> dict[str, int]:
     found = {}
     for name, path in libraries.items():  # all found before any is written: a refusal leaves the code whole
         ranges, matched = functions_named(path, words)
-        missing = [word for word, count in matched.items() if count == 0]
-        if name == REQUIRED and missing:
-            raise OSError(f"no function of {path} is named after {', '.join(missing)}: "
+        # A word may name nothing (a kernel this PyTorch version does not have); none named means
+        # symbols that do not name the kernels at all.
+        if name == REQUIRED and not any(matched.values()):
+            raise OSError(f"no function of {path} is named after {', '.join(words)}: "
                           "this PyTorch build's kernels for them cannot be taken out")
         base = load_address(path)
         if base is not None and len(ranges):

@@ -21,7 +21,10 @@ terminal's other end through ``ioctl``):
   keeps the heap from growing there (glibc then grows it with ``mmap``, and never gives that back);
 * **no memory outside the process**: no file opened for writing (nor made, linked or renamed), and no
   kernel object that holds data, as above; a thread is allowed (it shares the process's memory), a
-  process is not.
+  process is not;
+* **no code is made**: no ``mmap`` or ``mprotect`` asks for an executable page, so the kernels that
+  ``native_code`` overwrote with traps stay traps (a page of code made writable is no longer
+  executable, and cannot be made so again), and no library is loaded or code written to run.
 
 Freed memory therefore stays mapped (glibc's ``free`` ignores a failed unmap; the process is short-
 lived), and every byte a call computes with lies in pages of the worker that the count sees.
