@@ -89,7 +89,7 @@ def functions_named(path: str, words: list[str]) -> tuple[np.ndarray, dict[str, 
     order = np.argsort(kept_starts)
     kept_starts, reach = kept_starts[order], np.maximum.accumulate(kept_ends[order])
     before = np.searchsorted(kept_starts, ends[chosen])  # kept functions that start before each end
-    shared = (before > 0) & (reach[np.maximum(before - 1, 0)] > starts[chosen])
+    shared = (before > 0) & (reach[np.maximum(before - 1, 0)] > starts[chosen]) if len(reach) else before > 0
     ranges = np.stack([starts[chosen][~shared], ends[chosen][~shared]], axis=1)
     return ranges, matched
 
