@@ -55,8 +55,10 @@ PYTORCH_SDPA = Forbidden(
         )
     },
     # Every compiled function named so: SDPA's CPU kernels, the math path, the encoder layer, oneDNN's,
-    # and the pieces of its CPU kernel's online softmax (the exponentials' sum, the scores' maximum).
-    native=("attention", "safe_softmax", "transformer_encoder", "reduce_sum_fusion", "reduce_max_fusion"),
+    # the pieces of its CPU kernel's online softmax (the exponentials' sum, the scores' maximum), and
+    # oneDNN's graph SDPA kernels.
+    native=("attention", "safe_softmax", "transformer_encoder", "reduce_sum_fusion", "reduce_max_fusion",
+            "sdpa", "sdp_"),
 ) | PYTORCH_MHA
 
 # Every route to a softmax that PyTorch offers: the functions, the methods, and their ATen operators
@@ -81,9 +83,9 @@ SOFTMAX_ROUTES = Forbidden(
         **dict.fromkeys(("log_softmax", "_log_softmax", "special_log_softmax", "_sparse_log_softmax"),
                         "exp(log_softmax) is softmax"),
     },
-    # The vectorised kernels, their log and masked forms, oneDNN's primitive; the pieces of SDPA's online
-    # softmax (the exponentials' sum, the scores' maximum).
-    native=("softmax", "reduce_sum_fusion", "reduce_max_fusion"),
+    # The vectorised kernels, their log and masked forms, oneDNN's primitive, QNNPACK's (named softargmax);
+    # the pieces of SDPA's online softmax (the exponentials' sum, the scores' maximum).
+    native=("softmax", "softargmax", "reduce_sum_fusion", "reduce_max_fusion"),
 )
 
 # PyTorch's FlexAttention: a block mask of a sliding window makes it the whole answer of lesson 07.

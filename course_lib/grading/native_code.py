@@ -1,5 +1,5 @@
 """The native half of the replay worker's floor: PyTorch's compiled kernels for the refused shortcuts
-are overwritten with trap instructions, before any of the notebook's code runs.
+are overwritten with undefined instructions, before any of the notebook's code runs.
 
 ``floor`` takes the shortcuts out of the dispatcher and out of PyTorch's Python code, but both live in
 the worker's memory, where code that reaches raw memory could restore them (a red team did: it reset
@@ -9,7 +9,7 @@ it there: no page may be made executable once the filter is on (no ``PROT_EXEC``
 ``mprotect``), so a page can be executable or writable but never become executable after being
 written, and no copy of the original code can be mapped to run. A refused kernel reached in any way at
 all — through PyTorch's API, a restored dispatcher, or a jump from native code — executes a trap and
-the worker ends with SIGTRAP (``TRAP_EXIT``), which the grader reports as a refused shortcut.
+the worker ends with SIGILL (``TRAP_EXIT``), which the grader reports as a refused shortcut.
 
 What is overwritten: every function of PyTorch's CPU library (``LIBRARIES``) whose symbol name contains
 one of the words an exercise refuses (``Forbidden.native``: "softmax", "attention", "lstm", ...) —
@@ -34,12 +34,18 @@ import numpy as np
 # attention kernels) and, on CUDA builds, the host side of the CUDA ones.
 LIBRARIES = ("libtorch_cpu.so", "libtorch_cuda.so")
 REQUIRED = "libtorch_cpu.so"  # must be found, with every word in it
-DISPATCHER_ENTRIES = b"_ZN2at4_ops"  # at::_ops::<operator>::call and ::redispatch, by their mangled names
-# A trap instruction, repeated over a function: x86's int3 (one byte), AArch64's ``brk #0`` (four).
-_TRAPS = {"x86_64": b"\xcc", "amd64": b"\xcc", "aarch64": b"\x00\x00\x20\xd4", "arm64": b"\x00\x00\x20\xd4"}
-# How the worker ends when it runs a trap: SIGTRAP, as the sandbox's launcher passes it on (128 + 5) or
-# as Python reports a signal (-5).
-TRAP_EXIT = (133, -5)
+# Named functions that are spared: the dispatcher's entry points (at::_ops::<operator>::call and
+# ::redispatch, by their mangled names), which only look the kernel up, and where the worker's floor has
+# a raising one registered that must be reached to refuse the call in words; and oneDNN's attribute
+# code named after RNNs that every oneDNN primitive goes through (a red team found GELU trapped).
+SPARED = re.compile(rb"^_ZN2at4_ops|rnn_create_time_scales")
+# An undefined instruction, repeated over a function: x86's ``ud2``, AArch64's ``udf #0``. Unlike a
+# breakpoint (int3), it faults without moving on: a signal handler that returns runs it again, so no
+# handler can slide through the trapped code into what follows (a red team did, with int3).
+_TRAPS = {"x86_64": b"\x0f\x0b", "amd64": b"\x0f\x0b", "aarch64": b"\x00\x00\x00\x00", "arm64": b"\x00\x00\x00\x00"}
+# How the worker ends when it runs one: SIGILL, as the sandbox's launcher passes it on (128 + 4) or as
+# Python reports a signal (-4). The system-call filter refuses a handler for it.
+TRAP_EXIT = (132, -4)
 _PROT_READ, _PROT_WRITE, _PROT_EXEC = 1, 2, 4
 _SYMBOL = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("section", "<u2"),
                     ("value", "<u8"), ("size", "<u8")])
@@ -76,10 +82,9 @@ def functions_named(path: str, words: list[str]) -> tuple[np.ndarray, dict[str, 
         begins = np.array([lowered.rfind(b"\0", 0, position) + 1 for position in at], dtype=np.int64)
         nearest = np.minimum(np.searchsorted(at, name_at), len(at) - 1)
         chosen = (at[nearest] >= name_at) & (begins[nearest] <= name_at)
-        # The dispatcher's entry points stay: they only look the kernel up, and the worker's floor has
-        # a raising one registered there, which must be reached to refuse the call in words.
         for function in np.flatnonzero(chosen):
-            chosen[function] = not strings.startswith(DISPATCHER_ENTRIES, int(name_at[function]))
+            start = int(name_at[function])
+            chosen[function] = not SPARED.search(strings, start, strings.find(b"\0", start))
         for index in nearest[chosen]:  # each chosen name counted for the first word in it
             matched[found[index][1]] += 1
     starts = functions["value"].astype(np.int64)

@@ -337,6 +337,9 @@ def main() -> None:
     # The refused kernels' machine code, overwritten with traps, which the filter then keeps (no page may
     # become executable again): what the floor's registrations, in this process's memory, hold up front.
     _BESIDE["native_code"].trap(refused.get("native", []))
+    # oneDNN compiles its kernels as it goes, which the filter refuses (no executable page): PyTorch's own
+    # kernels instead (GELU, bfloat16 products, convolutions).
+    torch.backends.mkldnn.enabled = False
     _BESIDE["syscall_filter"].install(cuda=cuda)  # on a GPU, other processes only (see the filter)
     _BESIDE["confinement"].confine(_FLOOR, _BESIDE["floor"].POISONED)
     # What the worker has made so far is never collected: a collection during a measured call then goes

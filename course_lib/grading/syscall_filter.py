@@ -24,7 +24,9 @@ terminal's other end through ``ioctl``):
   process is not;
 * **no code is made**: no ``mmap`` or ``mprotect`` asks for an executable page, so the kernels that
   ``native_code`` overwrote with traps stay traps (a page of code made writable is no longer
-  executable, and cannot be made so again), and no library is loaded or code written to run.
+  executable, and cannot be made so again), and no library is loaded or code written to run; and no
+  handler may be set for SIGILL or SIGTRAP, so running a trapped kernel ends the process. oneDNN's
+  JIT cannot run either: the worker turns oneDNN off (PyTorch then uses its own kernels).
 
 Freed memory therefore stays mapped (glibc's ``free`` ignores a failed unmap; the process is short-
 lived), and every byte a call computes with lies in pages of the worker that the count sees.
@@ -123,6 +125,9 @@ _ALLOWED_WHEN = {
     "open": ([(1, _WRITE_FLAGS, True)], _refuse(errno.EROFS)),
     "openat": ([(2, _WRITE_FLAGS, True)], _refuse(errno.EROFS)),
 }
+# Refused for a few values of one argument: (argument, values, what the call gets then). rt_sigaction: no
+# handler for SIGILL or SIGTRAP, which would keep the worker alive past a trapped kernel (``native_code``).
+_REFUSED_VALUES = {"rt_sigaction": (0, (4, 5), _refuse(errno.EPERM))}
 _REFUSED = {
     # ``munmap`` is answered as if done (errno 0): glibc aborts where a thread stack's unmapping fails.
     "munmap": _refuse(0),
@@ -187,6 +192,12 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
                      (_RETURN, 0, 0, _refuse(errno.EPERM)), (_RETURN, 0, 0, _ALLOW)])
     for name, action in _REFUSED.items():
         each((name,), action)
+    for name, (argument, values, action) in _REFUSED_VALUES.items():
+        number = _CALLS[name][column]  # a value tested jumps to the refusal, past the allow
+        if number is not None:
+            code.extend([(_JUMP_EQUAL, 0, len(values) + 3, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
+                         *((_JUMP_EQUAL, len(values) - at, 0, value) for at, value in enumerate(values)),
+                         (_RETURN, 0, 0, _ALLOW), (_RETURN, 0, 0, action)])
     each(_ALLOWED, _ALLOW)
     # brk: its 64-bit argument compared with lowest_break in two 32-bit halves (high, then low).
     # Refused, it returns a huge "break": glibc never asks for less than it has (its heap only grows).

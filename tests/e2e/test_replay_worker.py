@@ -14,6 +14,7 @@ pytest.importorskip("safetensors", reason="needs safetensors (the [lab] extra)")
 import torch  # noqa: E402
 
 from course_lib.grading import outside, replay_worker, sandbox  # noqa: E402
+from course_lib.grading.l02_lstm_seq2seq import LSTM_CELL  # noqa: E402
 from course_lib.grading.l05_scaled_dot_product import SCALED_DOT_PRODUCT_ATTENTION, SOFTMAX  # noqa: E402
 from course_lib.grading.l07_sliding_window import SLIDING_WINDOW_ATTENTION  # noqa: E402
 
@@ -137,9 +138,33 @@ def test_a_kernel_reached_past_the_floor_is_a_trap_that_ends_the_worker_as_a_sho
         ran, _ = started.request({"op": "run", "source": "import torch\ndef answer(x):\n    return torch.softmax(x, -1)",
                                   "label": "softmax"}, {}, 60)
         assert ran == {"ok": True}, ran
+        # A handler would keep the process alive past the trap (a red team's, with breakpoints): refused.
+        handler, _ = started.request({"op": "run", "source": "import signal\nsignal.signal(signal.SIGILL, print)",
+                                      "label": "handler"}, {}, 60)
+        assert handler.get("error") == "exception" and "Operation not permitted" in handler["problem"], handler
         with pytest.raises(outside.WorkerEnded, match="compiled kernel for what this exercise refuses") as ended:
             _call(started, "answer", (torch.randn(3, 5),))
         assert ended.value.shortcut and "softmax" in str(ended.value)
+    finally:
+        started.close()
+
+
+def test_ordinary_operations_reach_no_trap_in_a_worker_that_refuses_recurrent_layers(tmp_path):
+    """oneDNN's attribute code is named after RNNs, and every oneDNN primitive went through it (a red team
+    found GELU and bfloat16 products ending the worker): it is spared, and oneDNN is off in the worker."""
+    started = outside.ReplayWorker(refused=outside.torch_shortcuts(LSTM_CELL), hidden=[tmp_path],
+                                   limits=sandbox.Limits(), cell_timeout=60)
+    try:
+        source = ("import torch\nimport torch.nn.functional as F\ndef answer(x):\n    b = x.bfloat16()\n"
+                  "    return F.gelu(x) + (b @ b.T).float().sum() + F.conv1d(x[None], x[:, :, None]).sum() * 0")
+        ran, _ = started.request({"op": "run", "source": source, "label": "ordinary"}, {}, 60)
+        assert ran == {"ok": True}, ran
+        x = torch.randn(5, 5)
+        reply, out = _call(started, "answer", (x,))
+        assert "error" not in reply, reply
+        b = x.bfloat16()
+        expected = torch.nn.functional.gelu(x) + (b @ b.T).float().sum()
+        assert torch.allclose(replay_worker.decode(reply["result"], out), expected, atol=1e-2)
     finally:
         started.close()
 

@@ -68,7 +68,7 @@ def test_once_the_filter_is_on_the_trapped_code_cannot_run_again():
         syscall_filter.install()
         page = start // 4096 * 4096
         import os
-        found = {{"a trap": ctypes.string_at(start, 1) == native_code._TRAPS[{platform.machine().lower()!r}][:1],
+        found = {{"a trap": ctypes.string_at(start, 2) == native_code._TRAPS[{platform.machine().lower()!r}][:2],
                   "made writable and executable": libc.mprotect(page, 4096, 7),
                   "the library mapped to run": libc.mmap(None, 4096, 5, 2, os.open(path, os.O_RDONLY), 0)}}
         print(json.dumps(found), flush=True)

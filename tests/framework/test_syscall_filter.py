@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.machine
 
 # The child: installs the filter, then reports what each attempt returned (an errno name, or "done").
 CHILD = textwrap.dedent("""
-    import ctypes, errno, fcntl, json, os, select, socket, struct, sys, threading
+    import ctypes, errno, fcntl, json, os, select, signal, socket, struct, sys, threading
     sys.path.insert(0, {folder!r})
     import syscall_filter
     syscall_filter.install()
@@ -87,6 +87,10 @@ CHILD = textwrap.dedent("""
                                            failed=ctypes.c_void_p(-1).value),
         "a page made executable": outcome(libc.mprotect(block, 4096, 7)),
         "a page made writable": outcome(libc.mprotect(block, 4096, 3)),
+        # a trapped kernel ends the process: no handler lets it go on
+        "a handler for SIGILL": attempt(lambda: signal.signal(signal.SIGILL, lambda *a: None)),
+        "a handler for SIGTRAP": attempt(lambda: signal.signal(signal.SIGTRAP, lambda *a: None)),
+        "a handler for SIGUSR1": attempt(lambda: signal.signal(signal.SIGUSR1, lambda *a: None)),
     }}
     ran = []
     thread = threading.Thread(target=lambda: ran.append(sum(range(10))))
@@ -124,7 +128,8 @@ def test_memory_stays_counted_and_nothing_leaves_the_process(tmp_path):
             "huge pages": "EPERM", "a lock": "EPERM", "a flags query": "done", "another filter": "EPERM",
             "a thread's name": "done", "flock": "ENOSYS", "a terminal's other end": "EPERM", "is it a terminal": "done", "a thread": "done", "a file read": "done",
             "code mapped": "EPERM", "a library's code mapped": "EPERM", "a page made executable": "EPERM",
-            "a page made writable": "done",
+            "a page made writable": "done", "a handler for SIGILL": "EPERM", "a handler for SIGTRAP": "EPERM",
+            "a handler for SIGUSR1": "done",
         }
         assert not (tmp_path / "scratch").exists()
     finally:
