@@ -38,7 +38,7 @@ REQUIRED = "libtorch_cpu.so"  # must be found, with every word in it
 # ::redispatch, by their mangled names), which only look the kernel up, and where the worker's floor has
 # a raising one registered that must be reached to refuse the call in words; and oneDNN's attribute
 # code named after RNNs that every oneDNN primitive goes through (a red team found GELU trapped).
-SPARED = re.compile(rb"^_ZN2at4_ops|rnn_create_time_scales")
+SPARED = re.compile(rb"_ZN2at4_ops|[^\0]*rnn_create_time_scales")  # matched from a name's start
 # An undefined instruction, repeated over a function: x86's ``ud2``, AArch64's ``udf #0``. Unlike a
 # breakpoint (int3), it faults without moving on: a signal handler that returns runs it again, so no
 # handler can slide through the trapped code into what follows (a red team did, with int3).
@@ -84,7 +84,7 @@ def functions_named(path: str, words: list[str]) -> tuple[np.ndarray, dict[str, 
         chosen = (at[nearest] >= name_at) & (begins[nearest] <= name_at)
         for function in np.flatnonzero(chosen):
             start = int(name_at[function])
-            chosen[function] = not SPARED.search(strings, start, strings.find(b"\0", start))
+            chosen[function] = not SPARED.match(strings, start, strings.find(b"\0", start))
         for index in nearest[chosen]:  # each chosen name counted for the first word in it
             matched[found[index][1]] += 1
     starts = functions["value"].astype(np.int64)

@@ -274,9 +274,9 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
                 shortcuts = torch_shortcuts(exercise)
                 key = json.dumps(shortcuts, sort_keys=True)
                 workers[key], skip = _worker_at(workers.get(key), cells, index, skip, {**options, "refused": shortcuts})
-                measuring = functools.partial(_measuring_worker, workers, key, cells, index, skip,
+                without_gpu = functools.partial(_worker_without_gpu, workers, key, cells, index, skip,
                                               {**options, "refused": shortcuts})
-                failure, decided = _verify_call(workers[key], exercise, call, secret, measuring)
+                failure, decided = _verify_call(workers[key], exercise, call, secret, without_gpu)
                 verdict.decided_by.append(f"{call.exercise}: {decided}")
                 if failure and verdict.failure is None:
                     verdict.failure = failure
@@ -336,10 +336,12 @@ def _worker_at(worker: ReplayWorker | None, cells: list[tuple[int, str, str]], i
     raise RuntimeError("the replay worker does not start: see `python -m course_lib.grading.sandbox`")
 
 
-def _measuring_worker(workers: dict[str, ReplayWorker], key: str, cells: list[tuple[int, str, str]], index: int,
-                      skip: set[str], options: dict) -> ReplayWorker:
-    """Where memory is measured: on a GPU machine, a worker of its own without CUDA (a GPU's memory is
-    not the process's, which the grader counts), started when first needed; elsewhere ``workers[key]``."""
+def _worker_without_gpu(workers: dict[str, ReplayWorker], key: str, cells: list[tuple[int, str, str]], index: int,
+                        skip: set[str], options: dict) -> ReplayWorker:
+    """Where every case is replayed on the CPU and memory is measured: on a GPU machine, a worker of its
+    own without CUDA, started when first needed (a GPU's memory is not the process's, which the grader
+    counts; and only there does the whole system-call filter hold, see ``_verify_call``); elsewhere
+    ``workers[key]``."""
     if runtime.device().type != "cuda":
         return workers[key]
     without = key + " without a GPU"
@@ -348,21 +350,27 @@ def _measuring_worker(workers: dict[str, ReplayWorker], key: str, cells: list[tu
 
 
 def _verify_call(worker: ReplayWorker, exercise: Exercise, call: CheckCall, secret: str,
-                 measuring: Callable[[], ReplayWorker]) -> tuple[Failure | None, str]:
+                 without_gpu: Callable[[], ReplayWorker]) -> tuple[Failure | None, str]:
     if exercise.adapt is not None and not exercise.adapt_only_refuses and exercise.adapt_outside is None:
         return None, "in-kernel only (what the student passes is adapted inside the kernel)"
     device = runtime.device()
     cases = exercise.make_cases(runtime.generator(secret_seed(secret, call)))
     timeout = exercise.timeout_s or framework.student_code.CALL_TIMEOUT_SECONDS
+    # Every case on the CPU, in a worker without a GPU, and on a GPU machine on the GPU as well: CUDA needs
+    # what the whole system-call filter refuses (executable pages among them), so a GPU worker's filter
+    # refuses other processes only, and raw memory could write its trapped kernels back (a red team did,
+    # with the GPU's filter). A function that passes on the CPU was written without the shortcuts.
+    places = [(without_gpu(), torch.device("cpu"))] + ([(worker, device)] if device.type == "cuda" else [])
     try:
         for case in cases:
-            failure = _replay_case(worker, exercise, call.function, case, device, timeout)
-            if failure:
-                return failure, "outside"
+            for where, on in places:
+                failure = _replay_case(where, exercise, call.function, case, on, timeout)
+                if failure:
+                    return failure, "outside"
     except _NotReplayable as reason:
         return None, f"in-kernel only ({reason})"
     for behaviour in exercise.behaviours:
-        problem = _replay_behaviour(worker, measuring, exercise, call.function, behaviour, device, timeout, secret, call)
+        problem = _replay_behaviour(worker, without_gpu, exercise, call.function, behaviour, device, timeout, secret, call)
         if problem:
             return Failure(exercise.name, "behaviour", problem, behaviour=behaviour.name), "outside"
     return None, "outside"
@@ -410,7 +418,7 @@ def _replay_case(worker: ReplayWorker, exercise: Exercise, function: str, case: 
     return exercise.judge(case, result, device, gradients)
 
 
-def _replay_behaviour(worker, measuring, exercise, function, behaviour, device, timeout, secret, call) -> str | None:  # noqa: ANN001
+def _replay_behaviour(worker, without_gpu, exercise, function, behaviour, device, timeout, secret, call) -> str | None:  # noqa: ANN001
     def request(args: tuple, kwargs: dict, measure: bool, on_cpu: bool = False) -> tuple[torch.Tensor, dict]:
         tensors: dict[str, torch.Tensor] = {}
         case = None
@@ -419,7 +427,7 @@ def _replay_behaviour(worker, measuring, exercise, function, behaviour, device, 
         # Memory is measured on the CPU, where the operating system counts it (touched_memory).
         header = {**_call_header(exercise, function, torch.device("cpu") if on_cpu else device, tensors, args,
                                  kwargs, case), "measure": measure}
-        reply, out = (measuring() if on_cpu else worker).request(header, tensors, timeout)
+        reply, out = (without_gpu() if on_cpu else worker).request(header, tensors, timeout)
         if "error" in reply:
             raise _BehaviourCallFailed(reply.get("problem", ""))
         result = replay_worker.decode(reply["result"], {k: t.to(device) for k, t in out.items()})

@@ -91,3 +91,14 @@ def test_words_that_name_no_kernel_are_refused_before_anything_is_written():
     refusal, softmax = ran.stdout.splitlines()
     assert "is named after no_kernel_is_called_this, nor_this" in refusal
     assert softmax == "[0.5, 0.5]"
+
+
+@pytest.mark.parametrize(("name", "spared"), [
+    (b"_ZN2at4_ops11softmax_int4callERKNS_6TensorElSt8optionalIN3c1010ScalarTypeEE", True),  # the dispatcher's entry
+    (b"_ZN4dnnl4impl24rnn_create_time_scales_t3setEifPKf", True),  # oneDNN's attributes, used by every primitive
+    (b"_ZN2at6native12_GLOBAL__N_127softmax_lastdim_kernel_implERKNS_10TensorBaseES4_", False),
+    (b"_ZZN2at6native4hostEvENKUlvE_clEv.cold._ZN2at4_ops", False),  # the entry's prefix counts at a name's start only
+])
+def test_what_is_spared_is_matched_from_a_name_s_start(name, spared):
+    strings = b"\0xx" + name + b"\0"
+    assert bool(native_code.SPARED.match(strings, 3, len(strings) - 1)) is spared
