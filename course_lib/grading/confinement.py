@@ -11,8 +11,10 @@ from the notebook:
 * ``mmap``;
 * the frames of the hook, reached through a traceback: they hold the floor (a refusal is raised inside
   the hook, so its traceback passes through it);
-* running again a file whose functions the floor replaced (``importlib.reload``, ``runpy``, a module
-  deleted from ``sys.modules`` and imported again): it would bring them back.
+* running again the definitions of functions the floor replaced (``importlib.reload``, ``runpy``, a
+  module deleted from ``sys.modules`` and imported again): it would bring them back. Code compiled
+  from such a file that defines none of them may run: Triton's interpreter compiles each ``@jit``
+  function it runs (``tl.max``, ``tl.sum``) from its file again, ``tl.softmax``'s file among them.
 
 The hook never runs the notebook's code: it looks only at arguments of Python's exact types (str,
 int, bytes, tuple; code objects by identity, never by comparison), calls only what it took when it
@@ -46,13 +48,14 @@ PROCESS_MEMORY = "mem"  # /proc/<pid>/mem, however the path is written
 
 def confine(floor: Any, poisoned_event: str) -> None:
     """Install the hook (see the module) for the rest of the process. ``floor`` is kept alive, and the
-    files it replaced functions of (``floor.files``, and those it names later in a ``poisoned_event``)
-    may not run again."""
+    functions it replaced (``floor.files``: file -> names, and those it names later in a
+    ``poisoned_event``) may not be defined again from their files."""
     # Taken now, kept in this closure: nothing below looks up a module global or a class attribute.
     _type, _str, _bytes, _tuple, _len = type, str, bytes, tuple, len
     _code, _traceback, _id, owners = types.CodeType, types.TracebackType, id, set()
     events, prefixes, memory = dict(EVENTS), EVENT_PREFIXES, PROCESS_MEMORY
-    poisoned = set(floor.files)  # this hook's own copy: the floor is within the notebook's reach
+    # This hook's own copy, file -> names: the floor is within the notebook's reach.
+    poisoned = {file: set(names) for file, names in floor.files.items()}
     inside = [False]  # while the hook raises events of its own (a frame's attributes)
     nested = frozenset({"object.__getattr__"})
     _gc_on, _gc_off, _gc_back = gc.isenabled, gc.disable, gc.enable
@@ -69,6 +72,18 @@ def confine(floor: Any, poisoned_event: str) -> None:
         finally:
             inside[0] = False
 
+    def redefined(code: Any, names: set[str]) -> str | None:
+        """The first function of ``names`` that ``code`` defines, at any depth (by exact types only; a
+        name that is not a plain str counts as one)."""
+        pending = [code]
+        while pending:
+            for constant in pending.pop().co_consts:
+                if _type(constant) is _code:
+                    if _type(constant.co_name) is not _str or constant.co_name in names:
+                        return constant.co_name if _type(constant.co_name) is _str else "?"
+                    pending.append(constant)
+        return None
+
     codes: list[Any] = []
 
     def hook(event: Any, args: Any, _keep: Any = (floor, codes)) -> None:  # keeps them alive
@@ -83,11 +98,12 @@ def confine(floor: Any, poisoned_event: str) -> None:
                 _gc_back()
 
     def check(event: str, args: tuple) -> None:
-        if event == poisoned_event and _len(args) == 1 and _type(args[0]) is _str:
-            poisoned.add(args[0])
+        if event == poisoned_event and _len(args) == 2 and _type(args[0]) is _str and _type(args[1]) is _str:
+            poisoned.setdefault(args[0], set()).add(args[1])
         elif event == "exec" and args and _type(args[0]) is _code and _type(args[0].co_filename) is _str:
-            if args[0].co_filename in poisoned:
-                refuse(event, f"runs {args[0].co_filename} again, whose functions the floor replaced")
+            name = redefined(args[0], poisoned[args[0].co_filename]) if args[0].co_filename in poisoned else None
+            if name is not None:
+                refuse(event, f"runs {args[0].co_filename} again, which defines {name}, a function the floor replaced")
         elif event == "open" and args:
             path = args[0].decode("utf-8", "surrogateescape") if _type(args[0]) is _bytes else args[0]
             if _type(path) is _str and path.rstrip("/").rsplit("/", 1)[-1] == memory:
@@ -100,7 +116,7 @@ def confine(floor: Any, poisoned_event: str) -> None:
         elif event.startswith(prefixes):
             refuse(event, "reaches memory through ctypes")
 
-    codes.extend(function.__code__ for function in (hook, check, refuse, ours))
+    codes.extend(function.__code__ for function in (hook, check, refuse, ours, redefined))
     owners.update(_id(code) for code in codes)  # the functions live on, and so do their codes
 
     def no_thread(*args: Any, **kwargs: Any) -> Any:

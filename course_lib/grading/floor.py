@@ -50,7 +50,7 @@ class ShortcutUsed(AssertionError):
     nothing of course_lib)."""
 
 
-POISONED = "course.replay.poisoned"  # the audit event that names a file whose functions were replaced
+POISONED = "course.replay.poisoned"  # the audit event that names a file and a function of it that was replaced
 _audit = sys.audit
 MARK = "which computes the answer for you"  # in every refusal's message, however PyTorch wraps it (TorchScript)
 
@@ -73,7 +73,9 @@ class Floor:
         self.functions = dict(functions)
         self.aten = {name: why for name, why in self.operators.items() if hasattr(torch.ops.aten, name)}
         self.poisoned: set[int] = set()
-        self.files: set[str] = set()  # the files whose functions were replaced: running one again undoes it
+        # The files whose functions were replaced, with those functions' names: running their definitions
+        # again would undo it.
+        self.files: dict[str, set[str]] = {}
         library = torch._C._dispatch_library("IMPL", "aten", "")
         with warnings.catch_warnings():  # "Overriding a previously registered kernel": that is the point
             warnings.simplefilter("ignore")
@@ -98,9 +100,10 @@ class Floor:
             for function, message in _python_implementations(self.aten, self.operators, self.functions):
                 if id(function) not in self.poisoned:  # the first, most specific, message stays
                     self.poisoned.add(id(function))
-                    if function.__code__.co_filename not in self.files:
-                        self.files.add(function.__code__.co_filename)
-                        _audit(POISONED, function.__code__.co_filename)  # the worker's audit hook keeps a list
+                    file, name = function.__code__.co_filename, function.__code__.co_name
+                    if name not in self.files.setdefault(file, set()):
+                        self.files[file].add(name)
+                        _audit(POISONED, file, name)  # the worker's audit hook keeps a list
                     _poison(function, message)
 
 

@@ -27,11 +27,18 @@ _REFERENCES = Forbidden(references=(
     attention.softmax, attention.attention_weights, attention.scaled_dot_product_attention,
     attention.flash_attention, attention.online_softmax_stats,
 ))
+# logcumsumexp's last entry along a row is the row's logsumexp (a red team's way past the first list).
 _LOGSUMEXP = Forbidden(functions={
     torch.logsumexp: "it computes m + log l in one call",
     torch.Tensor.logsumexp: "it computes m + log l in one call",
     torch.special.logsumexp: "it computes m + log l in one call",
-}, native=("logsumexp",))
+    torch.logcumsumexp: "its last entry is m + log l, in one call",
+    torch.Tensor.logcumsumexp: "its last entry is m + log l, in one call",
+}, operators={
+    "logsumexp": "it computes m + log l in one call",
+    "logcumsumexp": "its last entry is m + log l, in one call",
+    "_logcumsumexp": "its last entry is m + log l, in one call",
+}, native=("logsumexp", "logcumsumexp"))
 
 
 def _size(gen: torch.Generator, low: int, high: int) -> int:

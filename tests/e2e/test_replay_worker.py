@@ -33,7 +33,7 @@ REFUSED = {
     "mmap": ("import mmap\nmmap.mmap(-1, 4096)", "maps memory by hand"),
     "a process's memory": ("open('/proc/self/mem', 'rb')", "opens a process's memory"),
     "a torch module run again": ("import importlib, torch.nn.functional\nimportlib.reload(torch.nn.functional)",
-                                 "whose functions the floor replaced"),
+                                 "a function the floor replaced"),
 }
 
 # Ways to reach a softmax that the in-kernel guard (PyTorch's modes) alone does not stop, each the body of
@@ -121,10 +121,22 @@ def test_the_floor_leaves_a_student_s_own_softmax_alone(worker):
     assert "error" not in reply, reply
 
 
+def test_a_triton_kernel_may_use_the_library_functions_beside_triton_s_softmax(worker):
+    # Triton's interpreter compiles tl.max and tl.sum again from the file where the floor replaced
+    # tl.softmax: a red team found every such kernel refused.
+    source = ("import triton, triton.language as tl\n@triton.jit\ndef rows(X, Y, N: tl.constexpr):\n"
+              "    r = tl.program_id(0)\n    c = tl.arange(0, N)\n    x = tl.load(X + r * N + c)\n"
+              "    e = tl.exp(x - tl.max(x, 0))\n    tl.store(Y + r * N + c, e / tl.sum(e, 0))\n"
+              "def answer(x):\n    x = torch.nn.functional.pad(x, (0, 3), value=float('-inf'))\n"
+              "    y = torch.empty_like(x)\n    rows[(x.shape[0],)](x, y, x.shape[1])\n    return y[:, :5]")
+    reply = _answer(worker, "import torch\n" + source, "triton softmax of one's own")
+    assert "error" not in reply, reply
+
+
 def test_a_torch_module_loaded_again_gets_no_fresh_copy(worker):
     source = "import sys, torch\ndel sys.modules['torch._refs']\nimport torch._refs"
     reply, _ = worker.request({"op": "run", "source": source, "label": "again"}, {}, 60)
-    assert reply.get("error") == "exception" and "whose functions the floor replaced" in reply["problem"], reply
+    assert reply.get("error") == "exception" and "a function the floor replaced" in reply["problem"], reply
     assert _answer(worker, "def answer(x):\n    return torch._refs.softmax(x, -1)", "refs")["error"] == "shortcut"
 
 

@@ -92,12 +92,18 @@ def stats_by_logsumexp(x, block_size=4):
     return m, torch.exp(torch.logsumexp(x, -1) - m)
 
 
+def stats_by_logcumsumexp(x, block_size=4):
+    m = x.amax(-1)
+    return m, torch.exp(torch.logcumsumexp(x, -1)[..., -1] - m)
+
+
 def test_online_softmax_mistakes_are_named():
     assert _fails(check_online_softmax_stats, stats_without_rescaling).mistake == \
         "the sum so far is not rescaled when the maximum grows"
     failure = _fails(check_online_softmax_stats, stats_unguarded)
     assert failure.mistake == "a block whose entries are all -inf gives NaN (exp(-inf - (-inf)))", failure.message
     assert _fails(check_online_softmax_stats, stats_by_logsumexp).kind == "shortcut"
+    assert _fails(check_online_softmax_stats, stats_by_logcumsumexp).kind == "shortcut"
 
 
 # --- the tiled forward ---------------------------------------------------------------------------
