@@ -275,7 +275,7 @@ def verify_notebook(nb: Any, *, secret: str, exercises: dict[str, Exercise], hid
                 key = json.dumps(shortcuts, sort_keys=True)
                 workers[key], skip = _worker_at(workers.get(key), cells, index, skip, {**options, "refused": shortcuts})
                 without_gpu = functools.partial(_worker_without_gpu, workers, key, cells, index, skip,
-                                              {**options, "refused": shortcuts})
+                                                {**options, "refused": shortcuts})
                 failure, decided = _verify_call(workers[key], exercise, call, secret, without_gpu)
                 verdict.decided_by.append(f"{call.exercise}: {decided}")
                 if failure and verdict.failure is None:
