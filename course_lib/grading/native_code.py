@@ -14,7 +14,9 @@ the worker ends with SIGILL (``TRAP_EXIT``), which the grader reports as a refus
 What is overwritten: every function of PyTorch's CPU library (``LIBRARIES``) whose symbol name contains
 one of the words an exercise refuses (``Forbidden.native``: "softmax", "attention", "lstm", ...) —
 the vectorised kernels, their parallel loops' lambdas, oneDNN's primitives, the dispatcher's wrappers —
-whole, byte for byte, unless another function shares its bytes (a linker may fold identical code).
+whole, byte for byte, but those ``SPARED`` and those that share bytes with another function (a linker
+may fold identical code). On a GPU the filter refuses other processes only, so there the traps could be
+written back: the grader replays every case on the CPU as well (``outside._verify_call``).
 The symbols come from the library's own ELF symbol table (its ``.symtab``: PyTorch's wheels keep it),
 read here without any tool. This file imports nothing of course_lib: it is copied beside the worker.
 """
