@@ -168,13 +168,10 @@ def _overwrite(libc: ctypes.CDLL, ranges: np.ndarray, instruction: bytes) -> int
     first_pages, last_pages = ranges[:, 0] // page, (ranges[:, 1] - 1) // page
     # Runs of consecutive pages: a new run starts where a range's first page is past the run's last.
     reach = np.maximum.accumulate(last_pages)
-    new_run = np.ones(len(ranges), dtype=bool)
-    new_run[1:] = first_pages[1:] > reach[:-1] + 1
-    runs = np.cumsum(new_run) - 1
+    starts_run = np.flatnonzero(first_pages[1:] > reach[:-1] + 1) + 1
     total = 0
-    for run in range(runs[-1] + 1):
-        members = ranges[runs == run]
-        low, high = int(members[0, 0]) // page * page, (int(reach[runs == run][-1]) + 1) * page
+    for members, run_reach in zip(np.split(ranges, starts_run), np.split(reach, starts_run)):
+        low, high = int(members[0, 0]) // page * page, (int(run_reach[-1]) + 1) * page
         _protect(libc, low, high - low, _PROT_READ | _PROT_WRITE | _PROT_EXEC)
         for start, end in members.tolist():
             size = end - start

@@ -176,6 +176,15 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
                          (_JUMP_SET, to_refuse, 0, bits) if clear else (_JUMP_SET, 0, to_refuse, bits)])
         code.extend([(_RETURN, 0, 0, _ALLOW), (_RETURN, 0, 0, otherwise)])
 
+    def by_value(name: str, argument: int, values: tuple[int, ...], among: int, otherwise: int) -> None:
+        # Matched: load the argument and compare it with each value; one of them jumps to ``among``, the
+        # last instruction, and none falls through to ``otherwise``. Not matched: skip all of it.
+        number = _CALLS[name][column]
+        if number is not None:
+            code.extend([(_JUMP_EQUAL, 0, len(values) + 3, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
+                         *((_JUMP_EQUAL, len(values) - at, 0, value) for at, value in enumerate(values)),
+                         (_RETURN, 0, 0, otherwise), (_RETURN, 0, 0, among)])
+
     if lowest_break is None:
         depending("clone", *_ALLOWED_WHEN["clone"])
         each(("clone3",), _REFUSED["clone3"])
@@ -184,20 +193,11 @@ def program(lowest_break: int | None, machine: str | None = None) -> list[tuple[
     for name, rule in _ALLOWED_WHEN.items():
         depending(name, *rule)
     for name, (argument, values) in _ALLOWED_VALUES.items():
-        number = _CALLS[name][column]  # tested, the argument's values each jump to the allow at the end
-        if number is None:
-            continue
-        code.extend([(_JUMP_EQUAL, 0, len(values) + 3, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
-                     *((_JUMP_EQUAL, len(values) - at, 0, value) for at, value in enumerate(values)),
-                     (_RETURN, 0, 0, _refuse(errno.EPERM)), (_RETURN, 0, 0, _ALLOW)])
+        by_value(name, argument, values, _ALLOW, _refuse(errno.EPERM))
+    for name, (argument, values, action) in _REFUSED_VALUES.items():
+        by_value(name, argument, values, action, _ALLOW)
     for name, action in _REFUSED.items():
         each((name,), action)
-    for name, (argument, values, action) in _REFUSED_VALUES.items():
-        number = _CALLS[name][column]  # a value tested jumps to the refusal, past the allow
-        if number is not None:
-            code.extend([(_JUMP_EQUAL, 0, len(values) + 3, number), (_LOAD_WORD, 0, 0, 16 + 8 * argument),
-                         *((_JUMP_EQUAL, len(values) - at, 0, value) for at, value in enumerate(values)),
-                         (_RETURN, 0, 0, _ALLOW), (_RETURN, 0, 0, action)])
     each(_ALLOWED, _ALLOW)
     # brk: its 64-bit argument compared with lowest_break in two 32-bit halves (high, then low).
     # Refused, it returns a huge "break": glibc never asks for less than it has (its heap only grows).
